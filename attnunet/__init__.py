@@ -1,0 +1,1 @@
+"""attnunet: the reference document's Attention U-Net on MONAI."""

@@ -1,0 +1,3 @@
+from attnunet.cli import main
+
+raise SystemExit(main())

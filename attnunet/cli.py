@@ -1,0 +1,79 @@
+"""The ``attnunet`` command line.
+
+Each command lives in the module that does its work and exposes two functions,
+``add_arguments(parser)`` and ``run(args) -> int``. The table below maps command names to those
+modules; a module is imported only when its command runs, so ``attnunet --help`` stays fast and
+does not pull in MLflow or MONAI's engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "USER_ERRORS", "main"]
+
+# Errors that mean "the input or the arguments are wrong", as opposed to a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError)
+
+# name -> (module that implements it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("attnunet.pipelines.demo", "write the embedded demo data, train, register, segment, report Dice"),
+    "train": ("attnunet.pipelines.training", "train a network with MONAI engines, tracked in MLflow"),
+    "infer": ("attnunet.pipelines.inference", "sliding-window segmentation of files, folders or DICOM series"),
+    "evaluate": ("attnunet.pipelines.evaluation", "Dice, HD95 and surface Dice of predictions against labels"),
+    "summary": ("attnunet.summary", "per-layer summary and parameter count of a network preset"),
+    "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
+    "bundle": ("attnunet.pipelines.bundle", "write a MONAI bundle for your own dataset"),
+}
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnunet",
+        description="Attention U-Net segmentation toolkit on MONAI.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items())
+        + "\n\nRun 'attnunet COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG level and show tracebacks of errors"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attnunet`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_level_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
+    command = top.parse_args(argv[:1]).command
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"attnunet {command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except USER_ERRORS as error:
+        # Bad input is reported as one line naming the file/argument; -v keeps the traceback.
+        if verbose:
+            raise
+        print(f"attnunet {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

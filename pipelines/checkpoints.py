@@ -1,0 +1,89 @@
+"""Checkpoints that survive faults and rebuild their own network.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with
+``torch.load(weights_only=True)`` (no pickled code runs on load):
+
+``{"format": CHECKPOINT_FORMAT, "network": {"name": str, "kwargs": dict}, "model": state_dict,
+"config": dict, "epoch": int, "best_metric": float, ...}``
+
+``network`` is what :func:`attnunet.networks.create_network` needs to rebuild the model, and
+``config`` is the resolved run configuration (JSON-serialisable; at least ``preset``, ``pixdim``,
+``roi_size`` and ``labels`` for inference). Training adds optimiser, scheduler, scaler and engine
+state for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnunet.networks import create_network
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+
+CHECKPOINT_FORMAT = "attnunet-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically: a temp file in the same folder, then a rename.
+
+    A crash (or SIGKILL) mid-write leaves the previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format": CHECKPOINT_FORMAT, **checkpoint}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            torch.save(checkpoint, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a readable attnunet checkpoint (truncated, another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a torch file): {error}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path} is not an attnunet checkpoint (expected a dict with format "
+            f"{CHECKPOINT_FORMAT!r}); train with 'attnunet train' or export a bundle model instead"
+        )
+    return checkpoint
+
+
+def model_from_checkpoint(
+    checkpoint: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network a checkpoint describes, load its weights and put it in eval mode.
+
+    Returns:
+        ``(model, config)``: the model on ``device`` and the run configuration saved with it.
+    """
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    spec = checkpoint["network"]
+    model = create_network(spec["name"], **spec["kwargs"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), dict(checkpoint.get("config", {}))

@@ -1,0 +1,1 @@
+"""attnunet.transforms: image readers and MONAI dictionary-transform presets."""
