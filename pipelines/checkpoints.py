@@ -64,7 +64,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a torch file): {error}") from None
+        raise ValueError(
+            f"checkpoint {path} cannot be read (truncated or not a torch file): {error}"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint {path} is not an attnunet checkpoint (expected a dict with format "

@@ -1,0 +1,234 @@
+"""Building blocks of :class:`attnunet.AttentionUNet`: the non-local block, the attention gate and a
+decoder stage.
+
+The plain convolutions come from MONAI (``Convolution``, ``TwoConv``, ``Down``, ``UpSample``); only
+the attention blocks and the stage that wires them are written here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, UpSample
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.utils import get_act_layer
+from monai.networks.nets.basic_unet import TwoConv
+from torch import nn
+
+__all__ = ["NonLocalBlock", "AttentionGate", "DecoderStage"]
+
+
+class NonLocalBlock(nn.Module):
+    """The reference document's attention block: a projection followed by non-local self-attention.
+
+    ``h = act(norm(conv1x1(x)))`` with ``out_channels`` channels; ``theta``, ``phi`` (``out_channels // 8``
+    channels, at least 1) and ``g`` (``out_channels // 2``, at least 1) are 1x1 convolutions of ``h``;
+    ``phi`` and ``g`` are max-pooled by 2 (``ceil_mode``, so odd sizes and size 1 work); the block returns
+    ``W(softmax(theta^T phi) g) + h`` with ``W`` a 1x1 convolution back to ``out_channels`` (the
+    "embedded Gaussian" form of Wang et al., without scaling).
+
+    The attention is computed by :func:`torch.nn.functional.scaled_dot_product_attention` with
+    ``scale=1.0`` on contiguous ``(batch, 1 head, positions, channels)`` tensors, so PyTorch picks its
+    flash / memory-efficient kernels on CPU and CUDA and never materialises the
+    (positions x pooled positions) matrix.
+
+    Reference:
+        Wang, Girshick, Gupta, He. "Non-local Neural Networks". CVPR 2018, https://arxiv.org/abs/1711.07971
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels of the input.
+        out_channels: channels of ``h`` and of the output.
+        norm: normalisation of ``h``, a name or (name, kwargs) for MONAI's ``Norm`` factory.
+        act: activation of ``h``, a name or (name, kwargs) for MONAI's ``Act`` factory.
+        zero_init: initialise ``W`` to zero so the block starts as ``h`` (the identity on the attention
+            path), as Wang et al. do.
+
+    Example::
+
+        >>> block = NonLocalBlock(3, 64, 32)
+        >>> block(torch.randn(2, 64, 8, 8, 8)).shape
+        torch.Size([2, 32, 8, 8, 8])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        key_channels = max(out_channels // 8, 1)
+        value_channels = max(out_channels // 2, 1)
+        conv = Conv["conv", spatial_dims]
+        self.project = Convolution(
+            spatial_dims, in_channels, out_channels, kernel_size=1, norm=norm, act=act, adn_ordering="NDA"
+        )
+        self.theta = conv(out_channels, key_channels, kernel_size=1)
+        self.phi = conv(out_channels, key_channels, kernel_size=1)
+        self.g = conv(out_channels, value_channels, kernel_size=1)
+        self.W = conv(value_channels, out_channels, kernel_size=1)
+        self.pool = Pool["max", spatial_dims](kernel_size=2, ceil_mode=True)
+        # The CPU flash kernel needs one head size for queries, keys and values; zero channels added to
+        # theta and phi leave every dot product theta^T phi unchanged.
+        self.key_padding = value_channels - key_channels
+        if zero_init:
+            nn.init.zeros_(self.W.weight)
+            nn.init.zeros_(self.W.bias)
+
+    @staticmethod
+    def _tokens(x: torch.Tensor, padding: int) -> torch.Tensor:
+        """(B, C, *spatial) -> contiguous (B, 1, positions, C + padding)."""
+        tokens = x.flatten(2).transpose(1, 2)
+        if padding > 0:
+            return F.pad(tokens, [0, padding]).unsqueeze(1)  # F.pad returns a new, contiguous tensor
+        return tokens.contiguous().unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.project(x)
+        query = self._tokens(self.theta(h), self.key_padding)
+        key = self._tokens(self.pool(self.phi(h)), self.key_padding)
+        value = self._tokens(self.pool(self.g(h)), 0)
+        y = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # (B, 1, positions, C_g)
+        shape = list(h.shape)
+        shape[1] = value.shape[-1]
+        y = y.squeeze(1).transpose(1, 2).reshape(shape)
+        return self.W(y) + h
+
+
+class AttentionGate(nn.Module):
+    """Oktay et al.'s additive attention gate: ``skip * sigmoid(psi(act(W_x skip + W_g gating)))``.
+
+    ``W_x`` and ``W_g`` are 1x1 convolutions followed by ``norm`` (as in MONAI's block), ``psi`` a 1x1
+    convolution to one channel.
+
+    Written here rather than reusing ``monai.networks.nets.attentionunet.AttentionBlock``, which hard-codes
+    BatchNorm; this one takes ``norm`` and ``act`` by name like the rest of the network. Both inputs have
+    the same spatial size (the gating signal is the upsampled decoder feature, as in MONAI's
+    ``AttentionUnet``).
+
+    Reference:
+        Oktay et al. "Attention U-Net: Learning Where to Look for the Pancreas". MIDL 2018,
+        https://arxiv.org/abs/1804.03999
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        skip_channels: channels of the skip connection that is gated.
+        gating_channels: channels of the gating signal.
+        inter_channels: channels of the intermediate sum.
+        norm: normalisation name or (name, kwargs) for MONAI's ``Norm`` factory.
+        act: activation name or (name, kwargs) for MONAI's ``Act`` factory.
+
+    Example::
+
+        >>> gate = AttentionGate(2, 16, 16, 8)
+        >>> gate(torch.randn(1, 16, 32, 32), torch.randn(1, 16, 32, 32)).shape
+        torch.Size([1, 16, 32, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        skip_channels: int,
+        gating_channels: int,
+        inter_channels: int,
+        *,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+    ) -> None:
+        super().__init__()
+        inter_channels = max(inter_channels, 1)
+        self.W_x = Convolution(
+            spatial_dims, skip_channels, inter_channels, kernel_size=1, norm=norm, act=None
+        )
+        self.W_g = Convolution(
+            spatial_dims, gating_channels, inter_channels, kernel_size=1, norm=norm, act=None
+        )
+        self.act = get_act_layer(act)
+        # no normalisation of the one-channel map (as in the paper; a group norm could not split it)
+        self.psi = Convolution(spatial_dims, inter_channels, 1, kernel_size=1, norm=None, act="sigmoid")
+
+    def forward(self, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
+        return skip * self.psi(self.act(self.W_x(skip) + self.W_g(gating)))
+
+
+class DecoderStage(nn.Module):
+    """One decoder level: attention (or a plain projection) at the coarse level, 2x upsampling,
+    optional gating of the skip, concatenation with the skip and two convolutions.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels of the coarse decoder feature; the stage outputs ``in_channels // 2``.
+        skip_channels: channels of the skip connection (``in_channels // 2`` in ``AttentionUNet``).
+        attention: ``"nonlocal"`` (:class:`NonLocalBlock` at the coarse level), ``"gate"``
+            (:class:`AttentionGate` on the skip) or ``"none"``; the last two project with
+            ``act(norm(conv1x1))``, the non-local block's own first step.
+        norm: normalisation name or (name, kwargs) for MONAI's ``Norm`` factory.
+        act: activation name or (name, kwargs) for MONAI's ``Act`` factory.
+        dropout: dropout of the two convolutions.
+        upsample: MONAI ``UpSample`` mode: ``"nontrainable"`` (linear interpolation) or ``"deconv"``.
+        zero_init_attention: see :class:`NonLocalBlock`.
+
+    Example::
+
+        >>> stage = DecoderStage(2, 32, 16, attention="nonlocal")
+        >>> stage(torch.randn(1, 32, 8, 8), [torch.randn(1, 16, 16, 16)]).shape
+        torch.Size([1, 16, 16, 16])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        *,
+        attention: str = "nonlocal",
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        dropout: float = 0.0,
+        upsample: str = "nontrainable",
+        zero_init_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels // 2
+        if attention == "nonlocal":
+            self.attention: nn.Module = NonLocalBlock(
+                spatial_dims, in_channels, out_channels, norm=norm, act=act, zero_init=zero_init_attention
+            )
+        else:
+            self.attention = Convolution(
+                spatial_dims, in_channels, out_channels, kernel_size=1, norm=norm, act=act, adn_ordering="NDA"
+            )
+        self.gate: AttentionGate | None = None
+        if attention == "gate":
+            self.gate = AttentionGate(
+                spatial_dims, skip_channels, out_channels, skip_channels // 2, norm=norm, act=act
+            )
+        self.upsample = UpSample(
+            spatial_dims, out_channels, out_channels, scale_factor=2, mode=upsample, pre_conv=None
+        )
+        self.convs = TwoConv(
+            spatial_dims, skip_channels + out_channels, out_channels, act, norm, True, dropout
+        )
+
+    def merge(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """Gate ``skip`` (in ``"gate"`` mode) and concatenate it with the upsampled feature ``up``."""
+        if self.gate is not None:
+            skip = self.gate(skip, up)
+        return torch.cat([skip, up], dim=1)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Decode ``x`` with the last tensor of ``skips``, which is popped.
+
+        Popping the skip and running the convolutions one by one drop each full-size tensor as soon as
+        it is used (the skip and the upsampled feature once concatenated, the concatenation after the
+        first convolution), which cuts the peak memory of the full-resolution stage by about a third.
+        """
+        h = self.merge(skips.pop(), self.upsample(self.attention(x)))
+        for layer in self.convs:
+            h = layer(h)
+        return h

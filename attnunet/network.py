@@ -1,0 +1,189 @@
+"""The reference document's Attention U-Net, made to work in 2D and 3D (see ``shared/seed/README.md``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.nets.basic_unet import Down, TwoConv
+from monai.utils import look_up_option
+from torch import nn
+
+from attnunet.blocks import DecoderStage
+
+__all__ = ["ATTENTION_MODES", "AttentionUNet"]
+
+ATTENTION_MODES = ("nonlocal", "gate", "none")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"AttentionUNet: {name} must be a positive int, got {value!r}")
+    return value
+
+
+class AttentionUNet(nn.Module):
+    """U-Net whose decoder levels apply attention: the reference document's network, in 2D and 3D.
+
+    Architecture: a stem of two 3x3 conv/norm/act at ``init_features`` (full resolution); ``depth``
+    encoder stages, each a 2x max-pool and two convolutions that double the features
+    (32, 64, 128, 256, 512 by default); a bottom block of two convolutions; ``depth`` decoder stages, each
+    ``attention -> 2x linear upsampling -> concat with the skip -> two convolutions`` halving the
+    features; a final 1x1 convolution to ``out_channels`` logits.
+
+    With ``attention="nonlocal"`` the decoder's attention is the document's non-local block
+    (:class:`attnunet.blocks.NonLocalBlock`) applied to the coarse decoder feature before upsampling, so
+    it runs at 1/2 ... 1/2**depth of the input resolution, never at full resolution. ``"gate"`` puts Oktay
+    et al.'s additive gates on the skips instead; ``"none"`` is the same U-Net without attention.
+
+    Any spatial size is accepted: the input is zero-padded at the end of each spatial dim to a multiple
+    of ``2**depth`` (and to at least ``2**(depth + 1)``, so the bottom level has two voxels per dim and
+    normalisation works in training with batch size 1), and the output is cropped back to the input's
+    size.
+
+    References:
+        Wang et al. "Non-local Neural Networks". CVPR 2018, https://arxiv.org/abs/1711.07971
+        Oktay et al. "Attention U-Net: Learning Where to Look for the Pancreas". MIDL 2018,
+        https://arxiv.org/abs/1804.03999
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input image.
+        out_channels: channels of the output logits (classes).
+        init_features: features of the stem; stage ``i`` has ``init_features * 2**i``. Defaults to 32.
+        depth: number of 2x downsamplings (and decoder stages). Defaults to 4.
+        attention: ``"nonlocal"`` (default), ``"gate"`` or ``"none"``.
+        attention_levels: decoder levels that get attention, each in ``1..depth``; level ``k`` is the
+            stage whose coarse input is at ``1/2**k`` of the input resolution (for ``"gate"``, the gate on
+            the skip at ``1/2**(k-1)``). ``None`` (default): every level.
+        norm: normalisation, a name or (name, kwargs) for MONAI's ``Norm`` factory, e.g. ``"batch"``,
+            ``"instance"``, ``("group", {"num_groups": 8})``. Defaults to ``"batch"``.
+        act: activation, a name or (name, kwargs) for MONAI's ``Act`` factory. Defaults to ``"relu"``.
+        dropout: dropout probability after each 3x3 convolution. Defaults to 0.
+        upsample: MONAI ``UpSample`` mode of the decoder: ``"nontrainable"`` (linear interpolation, as the
+            document, default) or ``"deconv"`` (transposed convolution).
+        zero_init_attention: initialise each non-local block's output projection ``W`` to zero, so the
+            block starts as the identity on its projected input (Wang et al.). Defaults to False.
+
+    Shapes:
+        input ``(B, in_channels, *spatial)`` -> output ``(B, out_channels, *spatial)``.
+
+    Example::
+
+        >>> net = AttentionUNet(3, in_channels=1, out_channels=3, init_features=8)
+        >>> net(torch.randn(1, 1, 40, 37, 33)).shape
+        torch.Size([1, 3, 40, 37, 33])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        init_features: int = 32,
+        depth: int = 4,
+        *,
+        attention: str = "nonlocal",
+        attention_levels: Sequence[int] | None = None,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        dropout: float = 0.0,
+        upsample: str = "nontrainable",
+        zero_init_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"AttentionUNet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        _positive_int("in_channels", in_channels)
+        _positive_int("out_channels", out_channels)
+        _positive_int("init_features", init_features)
+        _positive_int("depth", depth)
+        attention = look_up_option(attention, ATTENTION_MODES)
+        upsample = look_up_option(upsample, ("nontrainable", "deconv"))
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"AttentionUNet: dropout must be in [0, 1), got {dropout!r}")
+        levels = tuple(range(1, depth + 1)) if attention_levels is None else tuple(attention_levels)
+        if attention == "none" and attention_levels is not None:
+            raise ValueError("AttentionUNet: attention_levels has no effect with attention='none'; drop it")
+        bad = [level for level in levels if not isinstance(level, int) or not 1 <= level <= depth]
+        if bad:
+            raise ValueError(
+                f"AttentionUNet: attention_levels must be ints in 1..depth={depth} "
+                f"(level k runs at 1/2**k of the input resolution), got {list(levels)}"
+            )
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.depth = depth
+        self.multiple = 2**depth
+        self.attention = attention
+        self.attention_levels = levels if attention != "none" else ()
+
+        features = [init_features * 2**i for i in range(depth + 1)]
+        self.stem = TwoConv(spatial_dims, in_channels, features[0], act, norm, True, dropout)
+        self.encoder = nn.ModuleList(
+            Down(spatial_dims, features[i], features[i + 1], act, norm, True, dropout) for i in range(depth)
+        )
+        self.bottom = TwoConv(spatial_dims, features[-1], features[-1], act, norm, True, dropout)
+        # decoder[j] starts at level depth - j (1/2**(depth - j) resolution) and ends at depth - j - 1
+        self.decoder = nn.ModuleList(
+            DecoderStage(
+                spatial_dims,
+                features[level],
+                features[level - 1],
+                attention=attention if level in self.attention_levels else "none",
+                norm=norm,
+                act=act,
+                dropout=dropout,
+                upsample=upsample,
+                zero_init_attention=zero_init_attention,
+            )
+            for level in range(depth, 0, -1)
+        )
+        self.head = Convolution(spatial_dims, features[0], out_channels, kernel_size=1, conv_only=True)
+
+    def check_input_shape(self, shape: list[int]) -> None:
+        """Raise a ``ValueError`` saying what was expected unless ``shape`` is (B, in_channels, *spatial)."""
+        if len(shape) != self.spatial_dims + 2:
+            raise ValueError(
+                f"AttentionUNet(spatial_dims={self.spatial_dims}) expects a {self.spatial_dims + 2}D input "
+                f"(batch, {self.in_channels} channels, {self.spatial_dims} spatial dims), got shape {shape}"
+            )
+        if shape[1] != self.in_channels:
+            raise ValueError(
+                f"AttentionUNet(in_channels={self.in_channels}) expects {self.in_channels} input channels "
+                f"in dim 1, got shape {shape}"
+            )
+
+    def padded_size(self, spatial: list[int]) -> list[int]:
+        """The spatial size the network computes on: each dim rounded up to a multiple of ``2**depth``,
+        and at least ``2**(depth + 1)``."""
+        return [max((s + self.multiple - 1) // self.multiple, 2) * self.multiple for s in spatial]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(list(x.shape))
+        spatial = list(x.shape[2:])
+        padded = self.padded_size(spatial)
+        pad: list[int] = []
+        for i in range(len(spatial) - 1, -1, -1):  # F.pad lists the last dim first
+            pad += [0, padded[i] - spatial[i]]
+        if padded != spatial:
+            x = F.pad(x, pad)
+
+        h = self.stem(x)
+        skips: list[torch.Tensor] = []
+        for down in self.encoder:
+            skips.append(h)
+            h = down(h)
+        h = self.bottom(h)
+        for stage in self.decoder:
+            h = stage(h, skips)  # pops the skip it uses
+        out = self.head(h)
+
+        if padded != spatial:
+            for i in range(len(spatial)):
+                out = out.narrow(i + 2, 0, spatial[i])
+        return out

@@ -1,0 +1,84 @@
+"""Names and safe writing of the files inference and evaluation produce.
+
+A case is named by its image file without the image extension (``case_001.nii.gz`` -> ``case_001``).
+``attnunet infer`` writes ``<case>.nii.gz`` and ``attnunet evaluate`` matches predictions to labels by
+that name, so both use :func:`case_name`. Outputs are written through :func:`atomic_output`: a run
+that fails part-way leaves no half-written file and never replaces an existing one with one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+__all__ = ["IMAGE_SUFFIXES", "IMAGE2D_SUFFIXES", "case_name", "list_images", "atomic_output"]
+
+# Volume formats read by nibabel or SimpleITK; longest first so ".nii.gz" wins over ".gz".
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# 2D image formats read by MONAI's PILReader (the "image2d" preset).
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case name of an image file: its name without the image extension.
+
+    Example:
+        >>> case_name("/data/imagesTs/case_001.nii.gz")
+        'case_001'
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files directly in ``folder``, sorted; hidden files are skipped.
+
+    Args:
+        folder: the folder to list.
+        suffixes: the file extensions (lower case) that count as images. Defaults to ``IMAGE_SUFFIXES``.
+
+    Raises:
+        NotADirectoryError: ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(tuple(suffixes))
+    )
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension) and move it to ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with atomic_output(folder / "metrics.csv") as tmp:
+        ...     _ = tmp.write_text("case,dice\\n")
+        >>> (folder / "metrics.csv").read_text()
+        'case,dice\\n'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    # Hidden, with the real extension last: writers choose the format (and gzip) from the extension.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

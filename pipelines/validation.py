@@ -1,0 +1,168 @@
+"""Check a dataset's files before any training starts; each problem names the file and what to do.
+
+Two passes. The first reads headers only (fast): missing or unreadable files, a missing label, a
+wrong channel count, image/label shape or geometry mismatches. The second decodes the data with the
+readers the presets use (``monai.transforms.LoadImage``): truncated files, NaN or infinite values, and
+label values that are not among the declared classes. All problems of a pass are reported together
+in one :class:`DataValidationError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader: DICOM folders, NRRD, MHA)
+from attnunet.transforms.headers import IMAGE2D_SUFFIXES, ImageHeader, read_header
+from monai.transforms import LoadImage
+
+__all__ = ["DataValidationError", "validate_items"]
+
+MAX_LISTED = 20
+
+
+class DataValidationError(ValueError):
+    """The dataset has problems; ``problems`` lists them, one string each, each naming its file."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            listed = "\n  - ".join(self.problems[:MAX_LISTED])
+            more = (
+                f"\n  ... and {len(self.problems) - MAX_LISTED} more"
+                if len(self.problems) > MAX_LISTED
+                else ""
+            )
+            message = (
+                f"{len(self.problems)} problems in the data (fix them and run again):\n  - {listed}{more}"
+            )
+        super().__init__(message)
+
+
+def _rounded(values) -> list[float]:
+    return np.round(np.asarray(values, dtype=float), 3).tolist()
+
+
+def _is_2d(path: str) -> bool:
+    return path.lower().endswith(IMAGE2D_SUFFIXES)
+
+
+def _header(path: str, role: str, problems: list[str]) -> ImageHeader | None:
+    try:
+        return read_header(path)
+    except FileNotFoundError:
+        problems.append(f"{role} {path} does not exist; fix the path or add the file")
+    except ValueError as error:
+        problems.append(f"{role} {error}; replace the file")
+    return None
+
+
+def _check_headers(item: Mapping, require_label: bool, in_channels: int | None, problems: list[str]) -> None:
+    image_path = item.get("image")
+    if not image_path:
+        problems.append(f"case {dict(item)} has no 'image'; every case needs an image path")
+        return
+    label_path = item.get("label")
+    if not label_path and require_label:
+        problems.append(f"image {image_path} has no label; add its label file or remove the image")
+    image = _header(str(image_path), "image", problems)
+    label = _header(str(label_path), "label", problems) if label_path else None
+    if image is not None and in_channels is not None and image.channels != in_channels:
+        problems.append(
+            f"image {image_path} has {image.channels} channel(s), the network takes in_channels={in_channels}"
+        )
+    if image is None or label is None:
+        return
+    if label.channels != 1 and not _is_2d(str(label_path)):  # 2D masks are read as grayscale by the preset
+        problems.append(f"label {label_path} has {label.channels} channels; a label map must have one")
+    if image.spatial_shape != label.spatial_shape:
+        problems.append(
+            f"label {label_path} has shape {label.spatial_shape} but its image {image_path} has "
+            f"{image.spatial_shape}; they must be on the same grid"
+        )
+    elif not np.allclose(image.affine, label.affine, rtol=1e-4, atol=1e-3):
+        problems.append(
+            f"label {label_path} has another geometry than its image {image_path} (spacing "
+            f"{_rounded(label.spacing)} vs {_rounded(image.spacing)}, origin "
+            f"{_rounded(label.affine[:-1, -1])} vs {_rounded(image.affine[:-1, -1])}); "
+            "resample the label onto the image grid"
+        )
+
+
+def _load(load: LoadImage, path: str, role: str, problems: list[str]) -> np.ndarray | None:
+    try:
+        return np.asarray(load(path))
+    except Exception as error:  # any decoding failure means the same thing here: the file is unusable
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        problems.append(f"{role} {path} cannot be read (truncated or corrupt: {reason}); replace the file")
+        return None
+
+
+def _check_values(item: Mapping, classes: set[int] | None, load: LoadImage, problems: list[str]) -> None:
+    for role in ("image", "label"):
+        path = item.get(role)
+        data = _load(load, str(path), role, problems) if path else None
+        if data is None:
+            continue
+        bad = ~np.isfinite(data)
+        if bad.any():
+            problems.append(
+                f"{role} {path} has {int(np.isnan(data).sum())} NaN and {int(np.isinf(data).sum())} infinite "
+                "values; replace them (e.g. with numpy.nan_to_num) before training"
+            )
+            continue
+        if role == "label" and classes is not None and not _is_2d(str(path)):  # 2D masks are binarised
+            values = np.unique(data)
+            if not np.array_equal(values, np.round(values)):
+                problems.append(f"label {path} has non-integer values; a label map holds class indices")
+                continue
+            outside = sorted(int(v) for v in values if int(v) not in classes)
+            if outside:
+                problems.append(
+                    f"label {path} has values {outside} outside the declared classes {sorted(classes)}; "
+                    "fix the label or declare the classes (dataset.json 'labels')"
+                )
+
+
+def validate_items(
+    items: Sequence[Mapping],
+    *,
+    labels: Mapping[str, str] | None = None,
+    in_channels: int | None = None,
+    require_label: bool = True,
+    check_values: bool = True,
+) -> None:
+    """Check every case's files; raise one :class:`DataValidationError` listing all problems found.
+
+    Args:
+        items: the cases, ``{"image": path, "label": path}`` (e.g. ``DatasetIndex.items``).
+        labels: declared classes (index as str -> name); label values outside them are errors.
+            None skips that check.
+        in_channels: expected image channels; None skips that check.
+        require_label: a case without a label is an error (training); False for inference inputs.
+        check_values: decode the data to find truncated files, NaN/inf values and undeclared label values
+            (the slow part); False checks headers only.
+
+    Raises:
+        DataValidationError: (a ``ValueError``) with one line per problem, each naming its file.
+
+    Example:
+        >>> validate_items(index.items, labels=index.labels, in_channels=1)  # doctest: +SKIP
+    """
+    if not items:
+        raise DataValidationError("the dataset has no cases; check the folder, dataset.json or CSV")
+    problems: list[str] = []
+    for item in items:
+        _check_headers(item, require_label, in_channels, problems)
+    if problems:
+        raise DataValidationError(problems)
+    if not check_values:
+        return
+    classes = {int(k) for k in labels} if labels is not None else None
+    load = LoadImage(image_only=True)
+    for item in items:
+        _check_values(item, classes, load, problems)
+    if problems:
+        raise DataValidationError(problems)

@@ -1,0 +1,115 @@
+"""The non-local block against a naive full-matrix reference, its CPU kernel, the gate, a decoder stage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from attnunet.blocks import AttentionGate, DecoderStage, NonLocalBlock
+
+
+def naive_nonlocal(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
+    """The document's formula written out: the full (positions x pooled positions) matrix, then softmax."""
+    h = block.project(x)
+    pool = F.max_pool2d if x.dim() == 4 else F.max_pool3d
+    batch, channels = h.shape[:2]
+    theta = block.theta(h).flatten(2)  # (B, C_k, N)
+    phi = pool(block.phi(h), 2, ceil_mode=True).flatten(2)  # (B, C_k, M)
+    g = pool(block.g(h), 2, ceil_mode=True).flatten(2)  # (B, C_g, M)
+    f = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, N, M), no scaling
+    y = (f @ g.transpose(1, 2)).transpose(1, 2).reshape(batch, g.shape[1], *h.shape[2:])
+    return block.W(y) + h
+
+
+# (spatial_dims, in_channels, out_channels, input shape): odd sizes, size 1 and 2 (pooling with ceil_mode)
+REFERENCE_CASES = [
+    (2, 8, 16, (2, 8, 9, 7)),
+    (2, 4, 32, (1, 4, 16, 16)),
+    (2, 3, 4, (1, 3, 1, 5)),  # out 4: one key channel, two value channels
+    (3, 8, 16, (2, 8, 5, 4, 3)),
+    (3, 6, 8, (1, 6, 1, 1, 1)),
+    (3, 16, 64, (1, 16, 6, 7, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spatial_dims, in_channels, out_channels, shape", REFERENCE_CASES)
+def test_nonlocal_matches_naive_reference(spatial_dims, in_channels, out_channels, shape, dtype):
+    torch.manual_seed(0)
+    block = NonLocalBlock(spatial_dims, in_channels, out_channels).to(dtype).eval()
+    for parameter in block.parameters():  # larger weights than the default init: a peaked softmax
+        torch.nn.init.normal_(parameter, std=0.5)
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        expected = naive_nonlocal(block, x)
+        result = block(x)
+    assert result.shape == (shape[0], out_channels, *shape[2:])
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nonlocal_channels_have_a_floor_of_one():
+    block = NonLocalBlock(2, 3, 2)
+    assert (block.theta.out_channels, block.phi.out_channels, block.g.out_channels) == (1, 1, 1)
+    assert block(torch.randn(1, 3, 5, 5)).shape == (1, 2, 5, 5)
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (2, 8, 12, 10)), (3, (1, 8, 6, 5, 4))])
+def test_nonlocal_takes_the_flash_kernel_on_cpu(spatial_dims, shape):
+    """The memory-efficient CPU kernel needs contiguous q/k/v of one head size; otherwise SDPA silently
+    falls back to the math path, which materialises the full attention matrix."""
+    block = NonLocalBlock(spatial_dims, 8, 32).eval()
+    with profile() as prof, torch.no_grad():
+        block(torch.randn(shape))
+    names = {event.name for event in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert not any("math" in name for name in names)
+
+
+def test_nonlocal_backward_through_flash_kernel_matches_reference():
+    torch.manual_seed(0)
+    block = NonLocalBlock(2, 4, 16).double().train()
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    block(x).square().sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()] + [x.grad.clone()]
+    block.zero_grad()
+    x.grad = None
+    naive_nonlocal(block, x).square().sum().backward()
+    for result, expected in zip(grads, [p.grad for p in block.parameters()] + [x.grad], strict=True):
+        torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_zero_init_starts_as_the_projection():
+    block = NonLocalBlock(3, 4, 8, zero_init=True).eval()
+    assert not block.W.weight.any() and not block.W.bias.any()
+    x = torch.randn(1, 4, 4, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), block.project(x))
+    assert NonLocalBlock(3, 4, 8).W.weight.any()
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (2, 6, 9, 8)), (3, (1, 6, 5, 4, 3))])
+def test_attention_gate_scales_the_skip_by_a_map_in_0_1(spatial_dims, shape):
+    gate = AttentionGate(spatial_dims, skip_channels=6, gating_channels=4, inter_channels=3).eval()
+    skip = torch.randn(shape)
+    gating = torch.randn(shape[0], 4, *shape[2:])
+    with torch.no_grad():
+        out = gate(skip, gating)
+        weights = gate.psi(gate.act(gate.W_x(skip) + gate.W_g(gating)))
+    assert out.shape == skip.shape
+    assert weights.shape == (shape[0], 1, *shape[2:])
+    assert ((weights > 0) & (weights < 1)).all()
+    torch.testing.assert_close(out, skip * weights)
+
+
+@pytest.mark.parametrize("attention", ["nonlocal", "gate", "none"])
+@pytest.mark.parametrize("norm", ["batch", "instance", ("group", {"num_groups": 2})])
+def test_decoder_stage_pops_its_skip(attention, norm):
+    stage = DecoderStage(3, 8, 4, attention=attention, norm=norm)
+    skips = [torch.randn(1, 2, 6, 6, 6), torch.randn(1, 4, 6, 4, 2)]
+    out = stage(torch.randn(1, 8, 3, 2, 1), skips)
+    assert out.shape == (1, 4, 6, 4, 2)
+    assert len(skips) == 1 and skips[0].shape[1] == 2
+    assert isinstance(stage.attention, NonLocalBlock) == (attention == "nonlocal")
+    assert isinstance(stage.gate, AttentionGate) == (attention == "gate")

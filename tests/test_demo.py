@@ -1,0 +1,65 @@
+"""``attnunet demo`` end to end on tiny settings: files, MLflow run, registered model (not the Dice)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import pytest
+from attnunet.pipelines.demo import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
+from mlflow.tracking import MlflowClient
+
+from attnunet.cli import main
+
+
+def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "demo"
+    # The small session dataset; the demo's own settings (64 x 64 x 32 windows at 1.5 x 1.5 x 3 mm).
+    args = ["demo", "--output", str(output), "--data", str(demo_dataset), "--epochs", "1", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for text in (
+        "Dice organ",
+        "Dice lesion",
+        "Dice mean",
+        "predictions:",
+        "overlay:",
+        "models:/attnunet-demo@",
+    ):
+        assert text in printed
+
+    predictions = sorted((output / "predictions").glob("*.nii.gz"))
+    assert [p.name for p in predictions] == sorted(
+        p.name for p in (demo_dataset / "imagesTs").glob("*.nii.gz")
+    )
+    for prediction in predictions:  # in the input's own geometry
+        source = nib.load(demo_dataset / "imagesTs" / prediction.name)
+        assert nib.load(prediction).shape[:3] == source.shape
+    assert (output / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((output / "evaluation" / "summary.json").read_text())
+    assert set(summary["classes"]) == {"organ", "lesion"} and summary["num_evaluated"] == 2
+    assert (output / "train" / "checkpoints" / "best.pt").is_file()
+    assert not (tmp_path / "mlflow.db").exists()  # the demo keeps its store in its own folder
+
+    client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(DEMO_MODEL_NAME, DEMO_ALIAS)
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert (output / "mlartifacts").is_dir()
+
+    # A second demo into the same folder refuses, and leaves the first one as it was.
+    assert main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted((output / "predictions").glob("*.nii.gz")) == predictions
+
+
+def test_demo_rejects_bad_data_before_writing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        run_demo(tmp_path / "out", data=tmp_path / "missing")
+    (tmp_path / "no-test-cases").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no imagesTs"):
+        run_demo(tmp_path / "out", data=tmp_path / "no-test-cases")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,192 @@
+"""Dice, HD95 and surface Dice of predictions against labels (pipelines/evaluation.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from attnunet.pipelines.evaluation import evaluate
+
+from attnunet.cli import main
+
+CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
+SHAPE = (24, 20, 12)
+AFFINE = np.array([[-1.5, 0, 0, 10], [0, -1.5, 0, -5], [0, 0, 3.0, 2], [0, 0, 0, 1]])
+
+
+def _label() -> np.ndarray:
+    label = np.zeros(SHAPE, dtype=np.uint8)
+    label[4:16, 4:14, 2:9] = 1
+    label[8:11, 6:9, 4:7] = 2
+    return label
+
+
+def _save(path, array, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(path))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture()
+def cases(tmp_path):
+    """Labels for five cases; predictions: exact, shifted, missing, wrong shape, wrong affine."""
+    labels, predictions = tmp_path / "labels", tmp_path / "predictions"
+    label = _label()
+    for name in ("exact", "shifted", "missing", "wrong_shape", "wrong_affine"):
+        _save(labels / f"{name}.nii.gz", label)
+    _save(predictions / "exact.nii.gz", label)
+    shifted = np.roll(label, 2, axis=0)
+    _save(predictions / "shifted.nii.gz", shifted)
+    _save(predictions / "wrong_shape.nii.gz", label[:, :, :-1])
+    moved = AFFINE.copy()
+    moved[0, 3] += 4.0
+    _save(predictions / "wrong_affine.nii.gz", label, moved)
+    _save(predictions / "no_label.nii.gz", label)  # a prediction without a label
+    return labels, predictions, label, shifted
+
+
+def _rows(path):
+    with open(path, newline="") as stream:
+        return {row["case"]: row for row in csv.DictReader(stream)}
+
+
+def test_per_case_csv_has_a_row_per_label_and_names_problems(cases, tmp_path):
+    labels, predictions, label, shifted = cases
+    summary = evaluate(predictions, labels, output_dir=tmp_path / "eval", class_names=CLASSES)
+    rows = _rows(tmp_path / "eval" / "metrics.csv")
+    assert sorted(rows) == sorted(["exact", "shifted", "missing", "wrong_shape", "wrong_affine"])
+    assert rows["missing"]["status"] == "missing prediction" and rows["missing"]["dice_organ"] == ""
+    assert "shape" in rows["wrong_shape"]["status"]
+    assert "affine" in rows["wrong_affine"]["status"]
+    assert summary["missing"] == ["missing"]
+    assert sorted(summary["mismatched"]) == ["wrong_affine", "wrong_shape"]
+    assert summary["unmatched_predictions"] == ["no_label"]
+    assert summary["num_cases"] == 5 and summary["num_evaluated"] == 2
+
+
+def test_metrics_match_independent_computation(cases, tmp_path):
+    labels, predictions, label, shifted = cases
+    summary = evaluate(predictions, labels, output_dir=tmp_path / "eval", class_names=CLASSES)
+    rows = _rows(tmp_path / "eval" / "metrics.csv")
+    for index, name in ((1, "organ"), (2, "lesion")):
+        assert float(rows["exact"][f"dice_{name}"]) == pytest.approx(1.0)
+        assert float(rows["exact"][f"hd95_{name}"]) == pytest.approx(0.0)
+        assert float(rows["exact"][f"nsd_{name}"]) == pytest.approx(1.0)
+        expected = _dice(label == index, shifted == index)
+        assert float(rows["shifted"][f"dice_{name}"]) == pytest.approx(expected, rel=1e-5)
+        stats = summary["classes"][name]["dice"]
+        assert stats["n"] == 2
+        assert stats["mean"] == pytest.approx((1.0 + expected) / 2, rel=1e-5)
+        assert stats["std"] == pytest.approx(abs(1.0 - expected) / 2, rel=1e-4)
+    # a 2-voxel shift along x (1.5 mm voxels) moves every surface point by 3 mm at most
+    assert 0.0 < float(rows["shifted"]["hd95_organ"]) <= 3.0 + 1e-6
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["classes"]["organ"]["dice"]["mean"] == pytest.approx(
+        summary["classes"]["organ"]["dice"]["mean"]
+    )
+    with open(tmp_path / "eval" / "summary.csv", newline="") as stream:
+        table = list(csv.DictReader(stream))
+    assert {(row["class"], row["metric"]) for row in table} >= {
+        ("organ", "dice"),
+        ("lesion", "hd95"),
+        ("mean", "nsd"),
+    }
+
+
+def test_surface_dice_tolerance_is_in_millimetres(tmp_path):
+    label = _label()
+    _save(tmp_path / "labels" / "a.nii.gz", label)
+    _save(tmp_path / "predictions" / "a.nii.gz", np.roll(label, 1, axis=0))  # 1.5 mm shift
+    tight = evaluate(
+        tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e1", tolerance_mm=1.0
+    )
+    loose = evaluate(
+        tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e2", tolerance_mm=2.0
+    )
+    assert tight["classes"]["class_1"]["nsd"]["mean"] < 1.0
+    assert loose["classes"]["class_1"]["nsd"]["mean"] == pytest.approx(1.0)
+
+
+def test_class_names_default_to_label_values(cases, tmp_path):
+    labels, predictions, *_ = cases
+    summary = evaluate(predictions, labels, output_dir=tmp_path / "eval")
+    assert sorted(summary["classes"]) == ["class_1", "class_2"]
+
+
+def test_values_outside_the_classes_are_reported(tmp_path):
+    label = _label()
+    _save(tmp_path / "labels" / "a.nii.gz", label)
+    _save(tmp_path / "predictions" / "a.nii.gz", np.where(label == 2, 5, label))
+    summary = evaluate(
+        tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e", class_names=CLASSES
+    )
+    assert "outside the classes" in summary["mismatched"]["a"]
+
+
+def test_existing_results_are_not_overwritten(cases, tmp_path):
+    labels, predictions, *_ = cases
+    output = tmp_path / "eval"
+    evaluate(predictions, labels, output_dir=output, class_names=CLASSES)
+    before = (output / "metrics.csv").read_text()
+    with pytest.raises(FileExistsError, match="metrics.csv"):
+        evaluate(predictions, labels, output_dir=output, class_names=CLASSES)
+    assert (output / "metrics.csv").read_text() == before
+    evaluate(predictions, labels, output_dir=output, class_names=CLASSES, overwrite=True)
+    assert not [path for path in output.iterdir() if path.name.startswith(".")]  # no temporary files left
+
+
+ILL_CASES = [
+    ({"class_names": {"1": "organ"}}, ValueError, "0..N-1"),
+    ({"class_names": ["background"]}, ValueError, "foreground"),
+    ({"tolerance_mm": [1.0, 2.0, 3.0]}, ValueError, "tolerance_mm"),
+    ({"tolerance_mm": -1.0}, ValueError, "tolerance_mm"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", ILL_CASES)
+def test_bad_options(cases, tmp_path, kwargs, error, message):
+    labels, predictions, *_ = cases
+    options = {"class_names": CLASSES, **kwargs}
+    with pytest.raises(error, match=message):
+        evaluate(predictions, labels, output_dir=tmp_path / "eval", **options)
+
+
+def test_bad_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(tmp_path / "nowhere", tmp_path / "empty", output_dir=tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="no label images"):
+        evaluate(tmp_path / "empty", tmp_path / "empty", output_dir=tmp_path / "e")
+    _save(tmp_path / "a" / "x.nii.gz", _label())
+    _save(tmp_path / "b" / "x.nii", _label())
+    with pytest.raises(ValueError, match="given twice"):
+        evaluate(
+            tmp_path / "a", [tmp_path / "a" / "x.nii.gz", tmp_path / "b" / "x.nii"], output_dir=tmp_path / "e"
+        )
+
+
+def test_cli_exit_status_reports_missing_predictions(cases, tmp_path, capsys):
+    labels, predictions, *_ = cases
+    argv = [
+        "evaluate",
+        "--predictions",
+        str(predictions),
+        "--labels",
+        str(labels),
+        "--output",
+        str(tmp_path / "e"),
+    ]
+    assert main([*argv, "--classes", "background", "organ", "lesion"]) == 1
+    assert "organ: dice" in capsys.readouterr().out
+    (labels / "missing.nii.gz").unlink()
+    for name in ("wrong_shape", "wrong_affine"):
+        (labels / f"{name}.nii.gz").unlink()
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(argv) == 2  # results exist: one-line error, exit 2
+    assert "exist" in capsys.readouterr().err

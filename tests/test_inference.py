@@ -1,0 +1,371 @@
+"""Sliding-window inference: inputs, model sources, geometry, TTA, components, overwrite (infer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from attnunet.pipelines.bundle import bundle_template_dir
+from attnunet.pipelines.checkpoints import save_checkpoint
+from attnunet.pipelines.inference import discover_inputs, infer, load_model
+from attnunet.transforms.readers import SimpleITKReader
+from scipy import ndimage
+
+from attnunet import AttentionUNet
+from attnunet.cli import main
+from attnunet.networks import create_network
+
+CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
+TINY = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
+CONFIG = {
+    "preset": "ct",
+    "pixdim": [1.5, 1.5, 2.0],
+    "roi_size": [16, 16, 16],
+    "labels": CLASSES,
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 3,
+    "preset_kwargs": {"a_min": 0.0, "a_max": 1000.0},
+}
+# The bundle's 1x1x1 convolution classifies each voxel by its windowed intensity x = HU / 1000:
+# logits (0, 10 (x - 0.3), 20 (x - 0.5)) -> class 0 below 0.3, 1 up to 0.7, 2 above.
+THRESHOLDS_HU = (300.0, 700.0)
+
+
+def oblique_affine(
+    spacing=(0.8, 1.1, 2.5), angles=(0.35, -0.2, 0.6), origin=(10.0, -20.0, 30.0)
+) -> np.ndarray:
+    """A rotated, anisotropic affine whose first two axes run right-to-left and front-to-back (LPS-like)."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ ry @ rx @ np.diag([-1.0, -1.0, 1.0]) @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def save_nifti(path, array, affine):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), str(path))
+    return path
+
+
+def random_volume(shape=(23, 19, 13), seed=0) -> np.ndarray:
+    """Random HU values of the three classes, at least 50 HU away from the bundle's thresholds."""
+    rng = np.random.default_rng(seed)
+    return (rng.choice([100.0, 500.0, 900.0], size=shape) + rng.uniform(-150, 150, size=shape)).astype(
+        np.float32
+    )
+
+
+def expected_classes(volume_hu: np.ndarray) -> np.ndarray:
+    return np.digitize(volume_hu, THRESHOLDS_HU)
+
+
+def read(path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj), image.affine
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny AttentionUNet checkpoint (random weights) with a CT preset that resamples to 1.5x1.5x2 mm."""
+    torch.manual_seed(0)
+    model = create_network("attention_unet", **TINY)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    return save_checkpoint(
+        path,
+        {
+            "network": {"name": "attention_unet", "kwargs": TINY},
+            "model": model.state_dict(),
+            "config": CONFIG,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def threshold_bundle(tmp_path_factory):
+    """A MONAI bundle whose network is a 1x1x1 convolution: its segmentation is known voxel by voxel."""
+    root = tmp_path_factory.mktemp("bundle") / "threshold"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    inference = {
+        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 3, "kernel_size": 1},
+        **{key: value for key, value in CONFIG.items() if key != "labels"},
+        "pixdim": None,
+    }
+    (root / "configs" / "inference.json").write_text(json.dumps(inference))
+    metadata = {"network_data_format": {"outputs": {"pred": {"channel_def": CLASSES}}}}
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    conv = torch.nn.Conv3d(1, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, -3.0, -10.0]))
+    torch.save(conv.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_oblique_prediction_has_exactly_the_input_shape_and_affine(checkpoint, tmp_path):
+    affine = oblique_affine()
+    image = save_nifti(tmp_path / "in" / "scan.nii.gz", random_volume(), affine)
+    written = infer(image, tmp_path / "out", checkpoint=checkpoint, save_probabilities=True, progress=False)
+    assert written == [tmp_path / "out" / "scan.nii.gz"]
+    labels, label_affine = read(written[0])
+    assert labels.shape == (23, 19, 13) and labels.dtype == np.uint8
+    assert np.allclose(label_affine, affine, atol=1e-5)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    probabilities, probability_affine = read(tmp_path / "out" / "probabilities" / "scan.nii.gz")
+    assert probabilities.shape == (23, 19, 13, 3)
+    assert np.allclose(probability_affine, affine, atol=1e-5)
+    assert np.allclose(probabilities.sum(-1), 1.0, atol=1e-4)
+    assert np.array_equal(labels, probabilities.argmax(-1))
+
+
+def test_prediction_is_in_the_input_voxel_grid(threshold_bundle, tmp_path):
+    """Orientation is undone voxel for voxel: the known per-voxel rule holds in the input's own grid."""
+    volume = random_volume(seed=1)
+    image = save_nifti(tmp_path / "scan.nii.gz", volume, oblique_affine())
+    plain = infer(image, tmp_path / "plain", bundle=threshold_bundle, progress=False)
+    labels, _ = read(plain[0])
+    assert np.array_equal(labels, expected_classes(volume))
+    # the convolution is flip-equivariant, so flip TTA must give the same segmentation
+    flipped = infer(image, tmp_path / "tta", bundle=threshold_bundle, tta=True, progress=False)
+    assert np.array_equal(read(flipped[0])[0], labels)
+
+
+def test_tta_averages_flips_for_a_real_network(checkpoint, tmp_path):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=2), oblique_affine())
+    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False}
+    infer(image, tmp_path / "plain", **options)
+    infer(image, tmp_path / "tta", tta=True, **options)
+    plain = read(tmp_path / "plain" / "probabilities" / "scan.nii.gz")[0]
+    averaged = read(tmp_path / "tta" / "probabilities" / "scan.nii.gz")[0]
+    assert averaged.shape == plain.shape and np.allclose(averaged.sum(-1), 1.0, atol=1e-4)
+    assert not np.allclose(averaged, plain)
+
+
+def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
+    volume = np.zeros((24, 20, 12), dtype=np.float32)
+    volume[2:8, 2:8, 2:8] = 500.0  # organ, 216 voxels
+    volume[14:17, 14:17, 6:9] = 500.0  # organ, 27 voxels, not touching
+    image = save_nifti(tmp_path / "scan.nii.gz", volume, oblique_affine())
+    raw = read(infer(image, tmp_path / "raw", bundle=threshold_bundle, progress=False)[0])[0]
+    kept = read(
+        infer(image, tmp_path / "lcc", bundle=threshold_bundle, largest_component=True, progress=False)[0]
+    )[0]
+    assert ndimage.label(raw == 1)[1] == 2
+    assert ndimage.label(kept == 1)[1] == 1
+    big = np.zeros(volume.shape, dtype=bool)
+    big[2:8, 2:8, 2:8] = True
+    assert np.array_equal(kept == 1, big)
+
+
+def test_models_uri_equals_checkpoint(checkpoint, tmp_path):
+    from attnunet.pipelines.checkpoints import model_from_checkpoint
+    from attnunet.pipelines.tracking import RunTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, config = model_from_checkpoint(checkpoint)
+    tracker = RunTracker(uri, experiment="inference-test")
+    tracker.log_config(config)
+    model_uri = tracker.log_model(
+        model,
+        in_channels=1,
+        out_channels=3,
+        spatial_dims=3,
+        example_size=(16, 16, 16),
+        register="tiny",
+        alias="champion",
+    )
+    tracker.end()
+    assert model_uri == "models:/tiny@champion"
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=3), oblique_affine())
+    options = {"save_probabilities": True, "progress": False}
+    infer(image, tmp_path / "from_checkpoint", checkpoint=checkpoint, **options)
+    infer(image, tmp_path / "from_registry", model_uri=model_uri, tracking_uri=uri, **options)
+    for name in ("scan.nii.gz", "probabilities/scan.nii.gz"):
+        a, b = (read(tmp_path / folder / name) for folder in ("from_checkpoint", "from_registry"))
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_dicom_series_folder_gives_one_case_per_series_in_its_geometry(
+    threshold_bundle, tmp_path, write_dicom_series
+):
+    folder = tmp_path / "patient"
+    volume = sitk.GetImageFromArray(np.round(random_volume((9, 14, 12), seed=4)).astype(np.int16))
+    volume.SetSpacing((0.9, 1.2, 2.5))
+    volume.SetOrigin((-30.0, 12.0, 40.0))
+    rotation = oblique_affine(spacing=(1, 1, 1))[:3, :3] @ np.diag([-1.0, -1.0, 1.0])  # a proper rotation
+    volume.SetDirection(tuple(rotation.flatten()))
+    uids = ("1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2")
+    write_dicom_series(volume, folder, uids[0], "first")
+    write_dicom_series(volume, folder, uids[1], "second", shuffle_seed=3)
+    assert [case.name for case in discover_inputs(folder)] == [f"patient_{uid}" for uid in uids]
+    written = infer(folder, tmp_path / "out", bundle=threshold_bundle, progress=False)
+    reader = SimpleITKReader(series_uid=uids[0])
+    array, meta = reader.get_data(reader.read(folder))
+    for path in written:
+        labels, affine = read(path)
+        assert labels.shape == array.shape
+        assert np.allclose(affine, meta["affine"], atol=1e-4)
+        assert np.array_equal(labels, expected_classes(array))
+
+
+def test_csv_and_folder_inputs(tmp_path, threshold_bundle):
+    for name in ("b", "a"):
+        save_nifti(tmp_path / "scans" / f"{name}.nii.gz", random_volume((12, 10, 8)), np.eye(4))
+    (tmp_path / "list.csv").write_text("image,label\nscans/b.nii.gz,\nscans/a.nii.gz,\n")
+    assert [case.name for case in discover_inputs(tmp_path / "list.csv")] == ["b", "a"]
+    assert [case.name for case in discover_inputs(tmp_path / "scans")] == ["a", "b"]
+    written = infer(tmp_path / "list.csv", tmp_path / "out", bundle=threshold_bundle, progress=False)
+    assert [path.name for path in written] == ["b.nii.gz", "a.nii.gz"]
+    with pytest.raises(ValueError, match="case name 'a'"):
+        discover_inputs([tmp_path / "scans", tmp_path / "scans" / "a.nii.gz"])
+
+
+def test_existing_outputs_are_kept_and_failed_runs_leave_nothing(threshold_bundle, tmp_path):
+    scans = tmp_path / "scans"
+    save_nifti(scans / "a.nii.gz", random_volume((12, 10, 8)), np.eye(4))
+    infer(scans / "a.nii.gz", tmp_path / "out", bundle=threshold_bundle, progress=False)
+    before = (tmp_path / "out" / "a.nii.gz").read_bytes()
+    with pytest.raises(FileExistsError, match="a.nii.gz"):
+        infer(scans, tmp_path / "out", bundle=threshold_bundle, progress=False)
+    (scans / "b.nii.gz").write_bytes(b"not a nifti file")
+    with pytest.raises(ValueError, match="b.nii.gz cannot be read"):
+        infer(scans, tmp_path / "out", bundle=threshold_bundle, overwrite=True, progress=False)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.nii.gz"]  # no temporary files
+    save_nifti(scans / "a.nii.gz", 1000.0 - random_volume((12, 10, 8)), np.eye(4))
+    (scans / "b.nii.gz").unlink()
+    infer(scans, tmp_path / "out", bundle=threshold_bundle, overwrite=True, progress=False)
+    assert (tmp_path / "out" / "a.nii.gz").read_bytes() != before
+
+
+def test_explicit_cpu_devices_match_auto(threshold_bundle, checkpoint, tmp_path):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=5), oblique_affine())
+    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False, "overlap": 0.5}
+    infer(image, tmp_path / "auto", **options)
+    infer(image, tmp_path / "cpu", device="cpu", sw_device="cpu", sw_batch_size=1, **options)
+    a = read(tmp_path / "auto" / "probabilities" / "scan.nii.gz")[0]
+    b = read(tmp_path / "cpu" / "probabilities" / "scan.nii.gz")[0]
+    assert np.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_windows_with_cpu_stitching_match_gpu_stitching(checkpoint, tmp_path):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=6), oblique_affine())
+    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False, "sw_device": "cuda"}
+    infer(image, tmp_path / "gpu", device="cuda", **options)
+    infer(image, tmp_path / "cpu", device="cpu", **options)
+    a = read(tmp_path / "gpu" / "probabilities" / "scan.nii.gz")[0]
+    b = read(tmp_path / "cpu" / "probabilities" / "scan.nii.gz")[0]
+    assert np.allclose(a, b, atol=1e-3)
+
+
+def test_load_model_from_the_template_bundle(tmp_path):
+    bundle = tmp_path / "attention_unet"
+    shutil.copytree(bundle_template_dir(), bundle)
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    torch.manual_seed(0)
+    network = AttentionUNet(
+        3, train["in_channels"], train["out_channels"], init_features=train["init_features"]
+    )
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    model, config = load_model(bundle)
+    assert config["preset"] == train["preset"] and list(config["roi_size"]) == train["roi_size"]
+    assert len(config["labels"]) == train["out_channels"]
+    for name, value in network.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value)
+
+
+ILL_OPTIONS = [
+    ({}, "exactly one"),
+    ({"model_uri": "models:/x@y"}, "exactly one"),
+    ({"roi_size": (16, 16)}, "roi_size"),
+    ({"overlap": 1.0}, "overlap"),
+    ({"sw_batch_size": 0}, "sw_batch_size"),
+    ({"blend": "gauss"}, "gauss"),
+    ({"sw_device": "tpu"}, "tpu"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", ILL_OPTIONS)
+def test_bad_options(threshold_bundle, tmp_path, kwargs, message):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
+    options = {"progress": False, **({} if kwargs == {} else {"bundle": threshold_bundle}), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        infer(image, tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_sources(tmp_path, checkpoint):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        infer(image, tmp_path / "out", checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="bundle folder"):
+        infer(image, tmp_path / "out", bundle=checkpoint)
+    with pytest.raises(FileNotFoundError, match="configs/inference.json"):
+        load_model(tmp_path)
+    model = create_network("attention_unet", **TINY)
+    incomplete = {key: value for key, value in CONFIG.items() if key != "preset"}
+    spec = {
+        "network": {"name": "attention_unet", "kwargs": TINY},
+        "model": model.state_dict(),
+        "config": incomplete,
+    }
+    with pytest.raises(ValueError, match="lacks \\['preset'\\]"):
+        infer(image, tmp_path / "out", checkpoint=save_checkpoint(tmp_path / "incomplete.pt", spec))
+
+
+def test_bundle_given_by_a_relative_path(threshold_bundle, tmp_path, monkeypatch):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
+    monkeypatch.chdir(threshold_bundle.parent)
+    model, config = load_model(threshold_bundle.name)
+    assert isinstance(model, torch.nn.Conv3d) and config["labels"] == CLASSES
+    infer(image, tmp_path / "out", bundle=threshold_bundle.name, progress=False)
+    assert (tmp_path / "out" / "scan.nii.gz").is_file()
+
+
+def test_bad_inputs(tmp_path, threshold_bundle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "no_image.csv").write_text("path\nx.nii.gz\n")
+    (tmp_path / "missing.csv").write_text("image\nnowhere.nii.gz\n")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover_inputs(tmp_path / "nowhere.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        discover_inputs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not an image"):
+        discover_inputs(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="'image' column"):
+        discover_inputs(tmp_path / "no_image.csv")
+    with pytest.raises(FileNotFoundError, match="line 2"):
+        discover_inputs(tmp_path / "missing.csv")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 1, 2), dtype=np.float32), np.eye(4)), str(flat))
+    with pytest.raises(ValueError, match="flat.nii.gz"):
+        infer(flat, tmp_path / "out", bundle=threshold_bundle, progress=False)
+
+
+def test_cli(threshold_bundle, tmp_path, capsys):
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), oblique_affine())
+    argv = [
+        "infer",
+        str(image),
+        "--model",
+        str(threshold_bundle),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert main([*argv, "--roi-size", "8", "8", "8", "--blend", "constant", "--tta", "--probabilities"]) == 0
+    assert (tmp_path / "out" / "probabilities" / "scan.nii.gz").is_file()
+    assert main(argv) == 2
+    assert "exist" in capsys.readouterr().err

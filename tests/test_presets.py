@@ -1,0 +1,175 @@
+"""Preset transform chains: contents per mode, outputs on real files, invertibility, bad options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from attnunet.transforms.presets import build_transforms, ct_transforms, image2d_transforms, mr_transforms
+from monai.transforms import Invertd
+from monai.utils import set_determinism
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def case(demo_dataset: Path) -> dict[str, str]:
+    return {
+        "image": str(demo_dataset / "imagesTr" / "demo_001.nii.gz"),
+        "label": str(demo_dataset / "labelsTr" / "demo_001.nii.gz"),
+    }
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An RGB PNG (40 x 30) with a 0/255 mask of a bright square."""
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 100, (30, 40, 3), dtype=np.uint8)
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[5:20, 10:30] = 255
+    rgb[mask > 0] += 120
+    Image.fromarray(rgb).save(folder / "img.png")
+    Image.fromarray(mask).save(folder / "img_mask.png")
+    return {"image": str(folder / "img.png"), "label": str(folder / "img_mask.png")}
+
+
+def names(chain) -> list[str]:
+    return [type(t).__name__ for t in chain.transforms]
+
+
+@pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])
+@pytest.mark.parametrize(
+    "mode, keys", [("train", ("image", "label")), ("val", ("image", "label")), ("infer", ("image",))]
+)
+def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
+    chain = build_transforms(preset, mode)
+    loaders = [t for t in chain.transforms if type(t).__name__ == "LoadImaged"]
+    assert names(chain)[len(loaders)] == "EnsureChannelFirstd"
+    assert names(chain)[: len(loaders)] == ["LoadImaged"] * len(loaders)
+    assert tuple(k for t in loaders for k in t.keys) == keys
+    assert names(chain)[-1] == "EnsureTyped"
+    random = {"RandCropByPosNegLabeld", "RandFlipd"} & set(names(chain))
+    assert bool(random) == (mode == "train")
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        ("ct", ["Orientationd", "Spacingd", "ScaleIntensityRanged", "CropForegroundd", "SpatialPadd"]),
+        ("mr", ["Orientationd", "Spacingd", "CropForegroundd", "NormalizeIntensityd", "SpatialPadd"]),
+    ],
+)
+def test_3d_train_chain_order(preset, expected):
+    chain = names(build_transforms(preset, "train", pixdim=(1.5, 1.5, 3.0)))
+    assert [n for n in chain if n in expected] == expected
+    assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandShiftIntensityd" in chain
+
+
+def test_no_spacing_without_pixdim():
+    assert "Spacingd" not in names(build_transforms("ct", "val"))
+
+
+def test_ct_train_patches(case):
+    set_determinism(seed=0)
+    samples = ct_transforms("train", pixdim=(3.0, 3.0, 6.0), roi_size=(16, 16, 8), num_samples=3)(case)
+    set_determinism(seed=None)
+    assert len(samples) == 3
+    for sample in samples:
+        assert sample["image"].shape == sample["label"].shape == (1, 16, 16, 8)
+        assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0, 2.0}
+    assert any(sample["label"].max() > 0 for sample in samples)  # positive patches are drawn
+
+
+def test_ct_val_window_and_ras(case):
+    out = ct_transforms("val", a_min=-100, a_max=300)(case)
+    hu = np.asarray(nib.load(case["image"]).dataobj, dtype=np.float32)
+    assert out["image"].min() == 0.0 and out["image"].max() == 1.0
+    assert np.isclose(float((out["image"] == 0).float().mean()), (hu <= -100).mean())
+    affine = out["image"].affine.numpy()
+    assert np.all(np.sign(np.diag(affine)[:3]) > 0)  # RAS: axes run right, anterior, superior
+    assert sorted(torch.unique(out["label"]).tolist()) == [0.0, 1.0, 2.0]
+
+
+def test_mr_zscore_over_nonzero(case, tmp_path):
+    image = nib.load(case["image"])
+    positive = np.clip(np.asarray(image.dataobj, dtype=np.float32) + 1000, 0, None)  # air becomes 0
+    nib.save(nib.Nifti1Image(positive, image.affine), tmp_path / "mr.nii.gz")
+    out = mr_transforms("infer")({"image": str(tmp_path / "mr.nii.gz")})["image"]
+    inside = out[torch.from_numpy(np.asarray(out) != 0)]
+    assert abs(float(inside.mean())) < 1e-3 and abs(float(inside.std()) - 1) < 1e-2
+
+
+def test_infer_inverts_to_the_input_geometry(case):
+    """Oblique, anisotropic input -> RAS 1 x 1 x 2 mm -> a fake prediction -> Invertd -> input grid."""
+    chain = ct_transforms("infer", pixdim=(1.0, 1.0, 2.0))
+    data = chain({"image": case["image"]})
+    original = nib.load(case["image"])
+    assert data["image"].shape[1:] != original.shape
+    data["pred"] = (data["image"] > 0.5).float()
+    restored = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert restored.shape == (1, *original.shape)
+    np.testing.assert_allclose(restored.affine.numpy(), original.affine, atol=1e-4)
+
+
+def test_val_inverts_exactly_without_resampling(case):
+    chain = ct_transforms("val")
+    data = chain(dict(case))
+    data["pred"] = data["label"].clone()
+    restored = Invertd("pred", transform=chain, orig_keys="label")(data)["pred"]
+    np.testing.assert_array_equal(restored[0].numpy(), np.asarray(nib.load(case["label"]).dataobj))
+
+
+def test_reader_option_loads_metaimage(case, tmp_path):
+    sitk.WriteImage(sitk.ReadImage(case["image"]), str(tmp_path / "case.mha"))
+    from_mha = ct_transforms("infer", reader="SimpleITKReader")({"image": str(tmp_path / "case.mha")})[
+        "image"
+    ]
+    from_nifti = ct_transforms("infer")({"image": case["image"]})["image"]
+    np.testing.assert_allclose(from_mha.numpy(), from_nifti.numpy())
+
+
+def test_image2d_train(pictures):
+    set_determinism(seed=0)
+    samples = image2d_transforms("train", roi_size=(16, 16), num_samples=2)(pictures)
+    set_determinism(seed=None)
+    assert len(samples) == 2
+    for sample in samples:
+        assert sample["image"].shape == (3, 16, 16) and sample["label"].shape == (1, 16, 16)
+        assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0}
+        assert float(sample["image"].min()) >= 0.0 and float(sample["image"].max()) <= 1.0
+
+
+def test_image2d_val_binarises_mask_and_keeps_size(pictures):
+    out = image2d_transforms("val")(pictures)
+    assert out["image"].shape == (3, 40, 30)  # PILReader: width, height
+    assert sorted(torch.unique(out["label"]).tolist()) == [0.0, 1.0]
+    assert int(out["label"].sum()) == 15 * 20
+
+
+def test_image2d_grayscale_16bit_tiff(tmp_path):
+    Image.fromarray(np.arange(24 * 20, dtype=np.uint16).reshape(20, 24) * 100).save(tmp_path / "g.tif")
+    out = build_transforms("image2d", "infer")({"image": str(tmp_path / "g.tif")})["image"]
+    assert out.shape == (1, 24, 20) and float(out.max()) == 1.0 and float(out.min()) == 0.0
+
+
+ILL_CASES = [
+    (("ctt", "train"), {}, "ctt"),
+    (("ct", "trian"), {}, "trian"),
+    (("ct", "train"), {"pixdm": (1, 1, 1)}, r"does not take \['pixdm'\]"),
+    (("ct", "val"), {"a_min": 100, "a_max": -100}, "a_min < a_max"),
+    (("ct", "train"), {"pixdim": (1.0, 1.0)}, "pixdim must be 3"),
+    (("mr", "train"), {"roi_size": (32, 32)}, "roi_size must be 3"),
+    (("mr", "train"), {"num_samples": 0}, "num_samples must be >= 1"),
+    (("image2d", "train"), {"pixdim": (1.0, 1.0)}, "does not resample"),
+    (("image2d", "train"), {"a_min": 0}, r"does not take \['a_min'\]"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, message", ILL_CASES)
+def test_bad_options(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_transforms(*args, **kwargs)

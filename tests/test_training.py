@@ -1,0 +1,183 @@
+"""Training: options, bad input, determinism, the memory-budget cache fallback and the binary (BCE) path.
+
+Tiny settings throughout (32 x 32 x 16 volumes, 4 features, 1 epoch, no MLflow unless a test needs
+it); the MLflow side is tested against a real server in test_tracking.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.pipelines.training import TrainConfig, train
+from mlflow_server import free_port
+
+from attnunet.cli import main
+
+TINY = {
+    "roi_size": (32, 32, 16),
+    "network_kwargs": {"init_features": 4, "depth": 3},
+    "epochs": 1,
+    "batch_size": 2,
+    "num_samples": 1,
+    "val_fraction": 0.5,
+    "sw_batch_size": 2,
+    "track": False,
+    "progress": False,
+    "device": "cpu",
+}
+
+
+def tiny_config(data: Path, output: Path, **overrides) -> TrainConfig:
+    return TrainConfig(data=str(data), output=str(output), **{**TINY, **overrides})
+
+
+ILL_CASES = [
+    ({"epochs": 0}, "epochs"),
+    ({"val_every": 0}, "val_every"),
+    ({"roi_size": (32,)}, "roi_size"),
+    ({"roi_size": (32, 32, 0)}, "roi_size"),
+    ({"pixdim": (1.0, 1.0)}, "pixdim"),
+    ({"lr": 0.0}, "lr"),
+    ({"val_fraction": 1.0}, "val_fraction"),
+    ({"overlap": 1.0}, "overlap"),
+    ({"out_channels": 0}, "out_channels"),
+    ({"num_workers": -1}, "num_workers"),
+    ({"preset": "petct"}, "petct"),
+    ({"cache": "ram"}, "ram"),
+    ({"scheduler": "step"}, "step"),
+]
+
+
+@pytest.mark.parametrize("overrides, named", ILL_CASES)
+def test_config_rejects_bad_options(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        TrainConfig(data="d", output="o", **overrides)
+
+
+def test_config_defaults_follow_the_document():
+    config = TrainConfig(data="d", output="o")
+    assert (config.lr, config.network, config.cache, config.amp) == (
+        1e-3,
+        "attention_unet_3d_small",
+        "auto",
+        True,
+    )
+
+
+def test_two_cpu_runs_give_the_same_losses_and_the_disk_cache_fallback(demo_dataset, tmp_path):
+    first = train(tiny_config(demo_dataset, tmp_path / "a", cache="memory"))
+    # A memory budget far below the data makes "auto" fall back to the persistent disk cache.
+    second = train(tiny_config(demo_dataset, tmp_path / "b", cache="auto", memory_budget_gb=1e-9))
+    assert first.history[0]["train_loss"] == second.history[0]["train_loss"]
+    assert first.history[0]["val_loss"] == second.history[0]["val_loss"]
+    assert list((tmp_path / "b" / "cache" / "train").glob("*.pt")), "auto cache did not fall back to disk"
+    assert not (tmp_path / "a" / "cache" / "train").exists() or not any(
+        (tmp_path / "a" / "cache" / "train").iterdir()
+    )
+
+    # The history holds the per-epoch metrics, per class by name.
+    record = first.history[0]
+    assert {"train_loss", "lr", "throughput_samples_per_s", "val_loss", "val_mean_dice"} <= set(record)
+    assert {"val_dice_organ", "val_dice_lesion"} <= set(record)
+    assert record["val_mean_dice"] == pytest.approx(
+        (record["val_dice_organ"] + record["val_dice_lesion"]) / 2
+    )
+
+    # Checkpoints follow the contract and rebuild their own network.
+    last = load_checkpoint(first.last_checkpoint)
+    assert last["epoch"] == 1 and {"optimizer", "scheduler", "scaler", "best_metric", "network"} <= set(last)
+    model, config = model_from_checkpoint(first.best_checkpoint)
+    for key in ("preset", "pixdim", "roi_size", "labels", "spatial_dims", "in_channels", "out_channels"):
+        assert key in config
+    assert config["labels"] == {"0": "background", "1": "organ", "2": "lesion"}
+    assert (config["in_channels"], config["out_channels"], config["spatial_dims"]) == (1, 3, 3)
+    assert model(torch.zeros(1, 1, 24, 20, 12)).shape == (1, 3, 24, 20, 12)
+    assert json.loads((tmp_path / "a" / "config.json").read_text()) == config
+
+
+def _binary_copy(source: Path, target: Path) -> Path:
+    """The demo dataset with organ and lesion merged into one foreground class."""
+    shutil.copytree(source, target)
+    description = json.loads((target / "dataset.json").read_text())
+    description["labels"] = {"0": "background", "1": "organ"}
+    (target / "dataset.json").write_text(json.dumps(description))
+    for path in (target / "labelsTr").glob("*.nii.gz"):
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image((np.asarray(image.dataobj) > 0).astype(np.uint8), image.affine), path)
+    return target
+
+
+def test_single_binary_output_trains_with_bce(demo_dataset, tmp_path):
+    data = _binary_copy(demo_dataset, tmp_path / "binary")
+    result = train(tiny_config(data, tmp_path / "run", out_channels=1))
+    assert result.config["out_channels"] == 1
+    assert set(result.history[0]) >= {"val_dice_organ", "val_loss"}
+    model, _ = model_from_checkpoint(result.best_checkpoint)
+    assert model(torch.zeros(2, 1, 32, 32, 16)).shape == (2, 1, 32, 32, 16)
+
+
+def test_bad_channel_count_for_the_classes(demo_dataset, tmp_path):
+    with pytest.raises(ValueError, match="exactly 2 classes"):
+        train(tiny_config(demo_dataset, tmp_path / "run", out_channels=1))
+    with pytest.raises(ValueError, match="number of classes"):
+        train(tiny_config(demo_dataset, tmp_path / "run", out_channels=2))
+
+
+def test_unreachable_tracking_server_stops_before_training(demo_dataset, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectionError, match="not reachable"):
+        train(tiny_config(demo_dataset, tmp_path / "run", track=True, tracking_uri=uri))
+    assert not (tmp_path / "run").exists()
+
+
+def _cli(*args: str) -> list[str]:
+    return ["train", "--no-progress", "--device", "cpu", *args]
+
+
+def test_cli_reports_bad_input_in_one_line(demo_dataset, tmp_path, capsys):
+    assert main(_cli("--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+
+    assert main(_cli("--data", str(demo_dataset), "--output", str(tmp_path / "o"), "--resume")) == 2
+    assert "last.pt does not exist" in capsys.readouterr().err
+
+    (tmp_path / "used" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "used" / "checkpoints" / "last.pt").write_bytes(b"earlier run")
+    assert main(_cli("--data", str(demo_dataset), "--output", str(tmp_path / "used"))) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (tmp_path / "used" / "checkpoints" / "last.pt").read_bytes() == b"earlier run"
+
+    assert (
+        main(_cli("--data", str(demo_dataset), "--output", str(tmp_path / "o"), "--network-option", "x")) == 2
+    )
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_dataset, bad)
+    (bad / "labelsTr" / "demo_000.nii.gz").write_bytes(b"not a nifti")
+    assert main(_cli("--data", str(bad), "--output", str(tmp_path / "o2"), "--no-track")) == 2
+    assert "demo_000.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_cli_trains_with_the_options_given(demo_dataset, tmp_path, capsys):
+    args = _cli(
+        "--data", str(demo_dataset), "--output", str(tmp_path / "o"), "--no-track",
+        "--roi-size", "32", "32", "16", "--pixdim", "3", "3", "6", "--epochs", "1", "--batch-size", "2",
+        "--num-samples", "1", "--val-fraction", "0.5", "--network-option", "init_features=4",
+        "--network-option", "depth=3", "--preset-option", "a_min=-200", "--scheduler", "constant",
+        "--lr", "0.002",
+    )  # fmt: skip
+    assert main(args) == 0
+    assert "best mean Dice" in capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "o" / "checkpoints" / "last.pt")["config"]
+    assert config["preset_kwargs"] == {"a_min": -200}
+    assert config["network_kwargs"] == {"init_features": 4, "depth": 3}
+    assert (config["pixdim"], config["lr"], config["scheduler"]) == ([3.0, 3.0, 6.0], 0.002, "constant")

@@ -1,0 +1,262 @@
+"""Preset chains of MONAI dictionary transforms: CT, MR and 2D images, for training, validation and inference.
+
+Every chain starts with ``LoadImaged`` + ``EnsureChannelFirstd``. The 3D chains then reorient to RAS,
+resample to ``pixdim`` (when given), normalise intensities (CT: Hounsfield window, clipped and scaled
+to [0, 1]; MR: z-score over non-zero voxels, per channel), and for training crop the foreground, pad
+to ``roi_size``, draw ``num_samples`` patches centred on label/background voxels in turn, flip along
+each axis (the reference document's random flips, extended to 3D) and jitter intensities.
+
+``"val"`` and ``"infer"`` keep whole volumes and only use invertible spatial transforms, so
+``monai.transforms.Invertd(keys="pred", transform=chain, orig_keys="image")`` returns a prediction
+to the input's own shape and affine. ``"train"`` and ``"val"`` load ``("image", "label")``,
+``"infer"`` only ``"image"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
+from monai.data import ImageReader, PILReader
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+from monai.utils import look_up_option
+
+__all__ = ["PRESETS", "MODES", "build_transforms", "ct_transforms", "mr_transforms", "image2d_transforms"]
+
+MODES = ("train", "val", "infer")
+DEFAULT_ROI_3D = (96, 96, 96)
+DEFAULT_ROI_2D = (256, 256)
+
+
+def _keys(mode: str) -> tuple[str, ...]:
+    return ("image",) if look_up_option(mode, MODES) == "infer" else ("image", "label")
+
+
+def _check_common(spatial_dims: int, pixdim, roi_size, num_samples: int) -> None:
+    if pixdim is not None and (len(pixdim) != spatial_dims or any(float(p) <= 0 for p in pixdim)):
+        raise ValueError(f"pixdim must be {spatial_dims} positive spacings (mm) or None, got {pixdim}")
+    if len(roi_size) != spatial_dims or any(int(r) < 1 for r in roi_size):
+        raise ValueError(f"roi_size must be {spatial_dims} positive sizes, got {roi_size}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+
+def _volume_transforms(
+    mode: str,
+    intensity: list[Callable],
+    *,
+    pixdim: Sequence[float] | None,
+    roi_size: Sequence[int],
+    num_samples: int,
+    reader: ImageReader | str | None,
+    crop_before_intensity: bool,
+) -> Compose:
+    """The 3D chain shared by CT and MR; ``intensity`` holds the modality's normalisation."""
+    keys = _keys(mode)
+    _check_common(3, pixdim, roi_size, num_samples)
+    chain: list[Callable] = [
+        LoadImaged(keys, reader=reader, image_only=True),
+        EnsureChannelFirstd(keys),
+        Orientationd(keys, axcodes="RAS", labels=None),  # labels from the meta "space" (RAS or LPS)
+    ]
+    if pixdim is not None:
+        modes = ("bilinear", "nearest")[: len(keys)]
+        chain.append(Spacingd(keys, pixdim=tuple(float(p) for p in pixdim), mode=modes))
+    if mode == "train":
+        # CropForeground keeps voxels > 0: before the z-score for MR (background 0 goes negative after it),
+        # after the window for CT (air is clipped to 0 by it).
+        crop = CropForegroundd(keys, source_key="image", allow_smaller=True)
+        chain += [crop, *intensity] if crop_before_intensity else [*intensity, crop]
+        chain += [
+            SpatialPadd(keys, spatial_size=roi_size),
+            RandCropByPosNegLabeld(
+                keys,
+                label_key="label",
+                spatial_size=roi_size,
+                pos=1.0,
+                neg=1.0,
+                num_samples=num_samples,
+                image_key="image",
+                image_threshold=0.0,
+            ),
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        ]
+    else:
+        chain += intensity
+    chain.append(EnsureTyped(keys))
+    return Compose(chain)
+
+
+def ct_transforms(
+    mode: str,
+    *,
+    pixdim: Sequence[float] | None = None,
+    roi_size: Sequence[int] = DEFAULT_ROI_3D,
+    num_samples: int = 4,
+    a_min: float = -175.0,
+    a_max: float = 250.0,
+    reader: ImageReader | str | None = None,
+) -> Compose:
+    """CT chain: Hounsfield window ``[a_min, a_max]`` clipped and scaled to [0, 1].
+
+    Args:
+        mode: ``"train"``, ``"val"`` or ``"infer"`` (see the module docstring).
+        pixdim: voxel spacing (mm, x y z) to resample to; None keeps each scan's own.
+        roi_size: training patch size (train only; val/infer keep whole volumes).
+        num_samples: patches drawn per volume (train only).
+        a_min: lower bound of the HU window (maps to 0). Defaults to -175 (soft-tissue window).
+        a_max: upper bound of the HU window (maps to 1). Defaults to 250.
+        reader: reader for ``LoadImaged``; None lets MONAI choose by file type (nibabel for NIfTI,
+            :class:`~attnunet.transforms.readers.SimpleITKReader` for DICOM folders, NRRD and MHA).
+
+    Example:
+        >>> chain = ct_transforms("train", pixdim=(1.5, 1.5, 3.0), roi_size=(48, 48, 32), num_samples=2)
+        >>> samples = chain({"image": "case.nii.gz", "label": "case_seg.nii.gz"})  # doctest: +SKIP
+    """
+    if a_min >= a_max:
+        raise ValueError(f"the CT window needs a_min < a_max, got a_min={a_min}, a_max={a_max}")
+    window = ScaleIntensityRanged("image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
+    return _volume_transforms(
+        mode,
+        [window],
+        pixdim=pixdim,
+        roi_size=roi_size,
+        num_samples=num_samples,
+        reader=reader,
+        crop_before_intensity=False,
+    )
+
+
+def mr_transforms(
+    mode: str,
+    *,
+    pixdim: Sequence[float] | None = None,
+    roi_size: Sequence[int] = DEFAULT_ROI_3D,
+    num_samples: int = 4,
+    reader: ImageReader | str | None = None,
+) -> Compose:
+    """MR chain: z-score over non-zero voxels, each channel on its own (background stays 0).
+
+    Args:
+        mode: ``"train"``, ``"val"`` or ``"infer"``.
+        pixdim: voxel spacing (mm, x y z) to resample to; None keeps each scan's own.
+        roi_size: training patch size (train only).
+        num_samples: patches drawn per volume (train only).
+        reader: reader for ``LoadImaged``; None lets MONAI choose by file type.
+
+    Example:
+        >>> chain = mr_transforms("infer", pixdim=(1.0, 1.0, 1.0))
+        >>> image = chain({"image": "brain_t1.nii.gz"})["image"]  # doctest: +SKIP
+    """
+    zscore = NormalizeIntensityd("image", nonzero=True, channel_wise=True)
+    return _volume_transforms(
+        mode,
+        [zscore],
+        pixdim=pixdim,
+        roi_size=roi_size,
+        num_samples=num_samples,
+        reader=reader,
+        crop_before_intensity=True,
+    )
+
+
+def _grayscale(image):
+    """PIL converter for masks: one channel whatever the file stores (RGB or palette masks included)."""
+    return image.convert("L")
+
+
+def image2d_transforms(
+    mode: str,
+    *,
+    pixdim: Sequence[float] | None = None,
+    roi_size: Sequence[int] = DEFAULT_ROI_2D,
+    num_samples: int = 4,
+) -> Compose:
+    """2D chain for PNG/TIFF images and binary masks (the reference document's case), read with PILReader.
+
+    Images are scaled to [0, 1] per channel; masks are read as one grayscale channel and binarised
+    (any value >= 0.5 is foreground, so 0/1 and 0/255 masks both work). Training pads to ``roi_size``, draws
+    ``num_samples`` patches and flips horizontally and vertically (the document's augmentation).
+
+    Args:
+        mode: ``"train"``, ``"val"`` or ``"infer"``.
+        pixdim: must be None: 2D images carry no physical spacing to resample to.
+        roi_size: training patch size (train only).
+        num_samples: patches drawn per image (train only).
+
+    Example:
+        >>> chain = image2d_transforms("train", roi_size=(128, 128), num_samples=2)
+        >>> samples = chain({"image": "img_001.png", "label": "img_001_mask.png"})  # doctest: +SKIP
+    """
+    if pixdim is not None:
+        raise ValueError(f"the image2d preset does not resample; pass pixdim=None, got {pixdim}")
+    keys = _keys(mode)
+    _check_common(2, pixdim, roi_size, num_samples)
+    chain: list[Callable] = [LoadImaged("image", reader=PILReader(), image_only=True)]
+    if "label" in keys:
+        chain.append(LoadImaged("label", reader=PILReader(converter=_grayscale), image_only=True))
+    chain += [EnsureChannelFirstd(keys), ScaleIntensityd("image", minv=0.0, maxv=1.0, channel_wise=True)]
+    if "label" in keys:
+        chain.append(AsDiscreted("label", threshold=0.5))
+    if mode == "train":
+        chain += [
+            SpatialPadd(keys, spatial_size=roi_size),
+            RandCropByPosNegLabeld(
+                keys, label_key="label", spatial_size=roi_size, num_samples=num_samples, image_key="image"
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+        ]
+    chain.append(EnsureTyped(keys))
+    return Compose(chain)
+
+
+PRESETS: dict[str, Callable[..., Compose]] = {
+    "ct": ct_transforms,
+    "mr": mr_transforms,
+    "image2d": image2d_transforms,
+}
+
+
+def build_transforms(preset: str, mode: str, **kwargs) -> Compose:
+    """Build a preset chain by name: ``ct``, ``mr`` or ``image2d``; ``train``, ``val`` or ``infer``.
+
+    Args:
+        preset: the preset name (see :data:`PRESETS`).
+        mode: ``"train"`` (keys image+label, random patches and augmentation), ``"val"`` (image+label,
+            whole volumes, invertible) or ``"infer"`` (image only, invertible).
+        kwargs: the preset's keyword options, e.g. ``pixdim``, ``roi_size``, ``num_samples``, and for CT
+            ``a_min``/``a_max``; an option the preset does not take is an error that lists those it does.
+
+    Example:
+        >>> chain = build_transforms("ct", "infer", pixdim=(1.5, 1.5, 3.0), a_min=-200, a_max=300)
+        >>> [type(t).__name__ for t in chain.transforms][:3]
+        ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd']
+    """
+    factory = look_up_option(preset, PRESETS)
+    mode = look_up_option(mode, MODES)
+    accepted = [name for name in inspect.signature(factory).parameters if name != "mode"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"preset {preset!r} does not take {unknown}; its options are {accepted}")
+    return factory(mode, **kwargs)
