@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def export_torchscript(
     if example_input is not None and hasattr(model, "check_input_shape"):
         model.check_input_shape(list(example_input.shape))
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns that shape checks and padding become constants: the documented trace behaviour
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         module = torch.jit.script(model) if method == "script" else torch.jit.trace(model, example_input)
     return _write_atomically(path, lambda tmp: torch.jit.save(module, tmp))
 

@@ -4,13 +4,13 @@
 
 - a Medical Segmentation Decathlon folder: ``dataset.json`` (``labels``, ``modality``, ``training``),
   ``imagesTr/``, ``labelsTr/``;
-- a folder with an image folder and a label folder (``imagesTr``/``images``/``image``/``img`` and
-  ``labelsTr``/``labels``/``label``/``masks``/``mask``), volumes matched by case name (nnU-Net's
-  ``case_0000.nii.gz`` channel suffix is understood);
+- a folder with an image folder and a label folder (see ``IMAGE_FOLDERS`` and ``LABEL_FOLDERS``:
+  ``imagesTr``/``images``/``input``/... and ``labelsTr``/``labels``/``masks``/...), volumes matched by
+  case name (nnU-Net's ``case_0000.nii.gz`` channel suffix is understood);
 - a CSV file with ``image`` and ``label`` columns (paths relative to the CSV's folder or absolute);
 - the same two-folder layout with 2D PNG/TIFF/JPEG/BMP images and masks, the reference document's
-  ``{'input', 'label'}`` dataset (a mask may add ``_mask``, ``_seg``, ``_label`` or ``_gt`` to the
-  image's name).
+  ``{'input', 'label'}`` dataset, loaded under the keys ``image``/``label`` (a mask may add ``_mask``,
+  ``_seg``, ``_label`` or ``_gt`` to the image's name).
 
 Class names come from ``dataset.json``; otherwise volumes get ``class_<k>`` for each value found in the
 labels and 2D masks are binary.
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
-IMAGE_FOLDERS = ("imagesTr", "images", "image", "img", "imgs")
+IMAGE_FOLDERS = ("imagesTr", "images", "image", "img", "imgs", "input", "inputs")
 LABEL_FOLDERS = ("labelsTr", "labels", "label", "masks", "mask", "segmentations")
 MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")
 BINARY_LABELS = {"0": "background", "1": "foreground"}

@@ -118,13 +118,12 @@ def _make_case(
 
     # The lesion sits inside the organ: its centre is drawn among the organ's inner voxels.
     lesion_radii = half * rng.uniform([0.18, 0.18, 0.2], [0.25, 0.25, 0.3])
-    (box,) = ndimage.find_objects(organ.reshape(shape).astype(np.uint8))
-    depth = np.zeros(shape)
-    depth[box] = ndimage.distance_transform_edt(np.pad(organ.reshape(shape)[box], 1), sampling=spacing)[
-        1:-1, 1:-1, 1:-1
-    ]
-    depth = depth.ravel()
-    lesion_centre = points[rng.choice(np.flatnonzero(depth >= 0.5 * depth.max()))]
+    organ_grid = organ.reshape(shape)
+    (box,) = ndimage.find_objects(organ_grid.astype(np.uint8))
+    depth = np.zeros(shape)  # distance to the organ's surface, computed on its (padded) bounding box only
+    inner = ndimage.distance_transform_edt(np.pad(organ_grid[box], 1), sampling=spacing)
+    depth[box] = inner[1:-1, 1:-1, 1:-1]
+    lesion_centre = points[rng.choice(np.flatnonzero(depth.ravel() >= 0.5 * depth.max()))]
     lesion = organ & _blob(
         points, lesion_centre, lesion_radii, _rotation(rng, (30, 30, 90)), rng, wobble=0.15
     )

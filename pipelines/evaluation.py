@@ -31,10 +31,12 @@ from typing import Any
 import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
 import numpy as np
 import torch
-from attnunet.pipelines.files import IMAGE_SUFFIXES, atomic_output, case_name, list_images
+from attnunet.pipelines.files import IMAGE_SUFFIXES, atomic_output, case_name, innermost_cause, list_images
+from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import LoadImage
+from tqdm import tqdm
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
 
@@ -70,19 +72,27 @@ def _class_table(
 ) -> dict[int, str]:
     """Index -> name of every class, background at 0 (from ``class_names``, else the label values)."""
     if class_names is None:
-        highest = max(int(loader(path).max()) for path in label_files.values())
+        highest = max(int(_read(loader, path).max()) for path in label_files.values())
         return {index: f"class_{index}" if index else "background" for index in range(max(highest, 1) + 1)}
     table = (
         {int(index): str(name) for index, name in class_names.items()}
         if isinstance(class_names, Mapping)
         else dict(enumerate(map(str, class_names)))
     )
-    if sorted(table) != list(range(len(table))) or len(table) < 2:
+    if sorted(table) != list(range(len(table))) or len(table) < 2 or len(set(table.values())) < len(table):
         raise ValueError(
-            f"class_names must name classes 0..N-1 (background at 0) and at least one foreground class, "
-            f"got {class_names!r}"
+            f"class_names must give distinct names to classes 0..N-1 (background at 0) with at least one "
+            f"foreground class, got {class_names!r}"
         )
     return table
+
+
+def _read(loader: LoadImage, path: Path) -> MetaTensor:
+    """Read a label map; a failure names the file and its first cause, not MONAI's wrapper."""
+    try:
+        return loader(path)
+    except Exception as error:  # each reader raises its own type (nibabel ImageFileError, OSError, ...)
+        raise ValueError(f"{path} cannot be read: {innermost_cause(error)}") from error
 
 
 def _mismatch(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> str | None:
@@ -120,6 +130,7 @@ def evaluate(
     class_names: Mapping[Any, str] | Sequence[str] | None = None,
     tolerance_mm: float | Sequence[float] = 2.0,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score label-map predictions against reference labels, per case and per class.
 
@@ -132,6 +143,7 @@ def evaluate(
             for every value up to the largest label value.
         tolerance_mm: surface Dice tolerance in mm, one for all foreground classes or one per class.
         overwrite: replace existing result files in ``output_dir``.
+        progress: show a progress bar over the cases.
 
     Returns:
         the summary: ``num_cases``, ``num_evaluated``, ``missing`` (case names), ``mismatched``
@@ -143,7 +155,8 @@ def evaluate(
     Raises:
         FileNotFoundError: ``labels`` or ``predictions`` does not exist, or no label file is found.
         FileExistsError: result files exist in ``output_dir`` and ``overwrite`` is False.
-        ValueError: bad ``class_names`` or ``tolerance_mm``, or a case name given twice.
+        ValueError: bad ``class_names`` or ``tolerance_mm``, a case name given twice, or an unreadable
+            label (an unreadable prediction is reported as mismatched).
 
     Example:
         >>> summary = evaluate("preds/", "labelsTs/", output_dir="eval/",
@@ -181,7 +194,7 @@ def evaluate(
     missing: list[str] = []
     mismatched: dict[str, str] = {}
     per_class = {class_name: {metric: [] for metric in METRICS} for class_name in foreground.values()}
-    for name, label_file in label_files.items():
+    for name, label_file in tqdm(label_files.items(), desc="evaluate", unit="case", disable=not progress):
         row: dict[str, Any] = {"case": name, "label": str(label_file), "prediction": "", "status": "ok"}
         rows.append(row)
         if name not in prediction_files:
@@ -189,8 +202,12 @@ def evaluate(
             row["status"] = "missing prediction"
             continue
         row["prediction"] = str(prediction_files[name])
-        label, prediction = loader(label_file), loader(prediction_files[name])
-        reason = _mismatch(prediction, label, len(classes))
+        label = _read(loader, label_file)
+        try:
+            prediction = _read(loader, prediction_files[name])
+            reason = _mismatch(prediction, label, len(classes))
+        except ValueError as error:  # an unreadable prediction is reported by name, like a mismatched one
+            reason = str(error)
         if reason is not None:
             mismatched[name] = reason
             row["status"] = reason

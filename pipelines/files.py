@@ -1,4 +1,4 @@
-"""Names and safe writing of the files inference and evaluation produce.
+"""Names, safe writing and read errors of the files inference and evaluation handle.
 
 A case is named by its image file without the image extension (``case_001.nii.gz`` -> ``case_001``).
 ``attnunet infer`` writes ``<case>.nii.gz`` and ``attnunet evaluate`` matches predictions to labels by
@@ -14,7 +14,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "IMAGE2D_SUFFIXES", "case_name", "list_images", "atomic_output"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "IMAGE2D_SUFFIXES",
+    "case_name",
+    "list_images",
+    "atomic_output",
+    "innermost_cause",
+]
 
 # Volume formats read by nibabel or SimpleITK; longest first so ".nii.gz" wins over ".gz".
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -82,3 +89,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def innermost_cause(error: BaseException) -> str:
+    """``"Type: message"`` of the first error in ``error``'s chain of causes.
+
+    MONAI wraps a reader's error (``ImageFileError: ... is not a gzip file``) in a ``RuntimeError``
+    that names only the transform; the innermost cause is what a user can act on.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise OSError("truncated file")
+        ...     except OSError as cause:
+        ...         raise RuntimeError("applying transform LoadImaged") from cause
+        ... except RuntimeError as error:
+        ...     innermost_cause(error)
+        'OSError: truncated file'
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {error}"

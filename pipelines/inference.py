@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from attnunet.pipelines.checkpoints import model_from_checkpoint
 from attnunet.pipelines.devices import DEVICE_CHOICES, choose_devices
-from attnunet.pipelines.files import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES, atomic_output, case_name, list_images
+from attnunet.pipelines.files import (
+    IMAGE2D_SUFFIXES,
+    IMAGE_SUFFIXES,
+    atomic_output,
+    case_name,
+    innermost_cause,
+    list_images,
+)
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader, list_dicom_series
 from monai.bundle import ConfigParser
@@ -303,17 +310,17 @@ def _load(preprocess: Compose, case: InferenceCase) -> dict[str, Any]:
     try:
         return preprocess({"image": case.image})
     except RuntimeError as error:  # MONAI wraps a transform's error as "applying transform <...>"
-        cause: BaseException = error
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        reason = f"{type(cause).__name__}: {cause}"
-        raise ValueError(f"{case.image} cannot be read or preprocessed: {reason}") from error
+        raise ValueError(f"{case.image} cannot be read or preprocessed: {innermost_cause(error)}") from error
 
 
 def _write(image: torch.Tensor, path: Path, dtype: type) -> None:
-    """Write a channel-first MetaTensor as NIfTI with its own affine (no resampling), atomically."""
+    """Write a channel-first MetaTensor as NIfTI with its own affine (no resampling), atomically.
+
+    3D: ``(X, Y, Z)`` for one channel, ``(X, Y, Z, C)`` otherwise. 2D: ``(X, Y, 1, C)``, because MONAI's
+    writer cannot write a squeezed 2D array without resampling it.
+    """
     writer = NibabelWriter(output_dtype=dtype)
-    writer.set_data_array(image, channel_dim=0)
+    writer.set_data_array(image, channel_dim=0, squeeze_end_dims=image.ndim > 3)
     writer.set_metadata(image.meta, resample=False)
     with atomic_output(path) as tmp:
         writer.write(tmp)

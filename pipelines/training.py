@@ -39,7 +39,7 @@ import torch.distributed as dist
 from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from attnunet.pipelines.datasets import discover_dataset, make_dataset, split_items
 from attnunet.pipelines.overlays import save_overlay
-from attnunet.pipelines.tracking import RunTracker
+from attnunet.pipelines.tracking import RunTracker, check_tracking_server, resolve_tracking_uri
 from attnunet.pipelines.validation import validate_items
 from attnunet.transforms.presets import build_transforms
 from ignite.contrib.handlers import ProgressBar
@@ -347,6 +347,9 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
             f"--resume: {last_path} already finished epoch {resumed['epoch']}; raise --epochs to train more"
         )
 
+    if config.track and rank == 0:  # fail fast, before the (slow) data validation
+        check_tracking_server(resolve_tracking_uri(config.tracking_uri))
+
     index = discover_dataset(config.data)
     labels = dict(index.labels)
     if len(labels) < 2:
@@ -371,7 +374,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         )
 
     tracker = None
-    if config.track and rank == 0:  # before anything slow: an unreachable server stops the run here
+    if config.track and rank == 0:
         run_id = resumed.get("mlflow_run_id") if resumed else None
         tracker = RunTracker(
             config.tracking_uri,

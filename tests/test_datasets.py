@@ -89,10 +89,10 @@ def test_csv_relative_paths(demo_dataset, tmp_path):
 
 
 def test_2d_images_and_masks(tmp_path):
-    (tmp_path / "images").mkdir()
+    (tmp_path / "input").mkdir()  # the reference document's {'input', 'label'} naming
     (tmp_path / "masks").mkdir()
     for name in ("a", "b"):
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "input" / f"{name}.png")
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{name}_mask.png")
     index = discover_dataset(tmp_path)
     assert index.layout == "image2d" and index.modality == "image2d"

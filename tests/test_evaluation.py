@@ -8,9 +8,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from attnunet.pipelines.checkpoints import save_checkpoint
 from attnunet.pipelines.evaluation import evaluate
+from attnunet.pipelines.inference import infer
 
 from attnunet.cli import main
+from attnunet.networks import create_network
 
 CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
 SHAPE = (24, 20, 12)
@@ -129,6 +132,21 @@ def test_values_outside_the_classes_are_reported(tmp_path):
     assert "outside the classes" in summary["mismatched"]["a"]
 
 
+def test_unreadable_files(tmp_path):
+    _save(tmp_path / "labels" / "a.nii.gz", _label())
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "a.nii.gz").write_bytes(b"truncated")
+    summary = evaluate(
+        tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e", class_names=CLASSES
+    )
+    assert "cannot be read" in summary["mismatched"]["a"]
+    (tmp_path / "labels" / "a.nii.gz").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="a.nii.gz cannot be read"):
+        evaluate(
+            tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e2", class_names=CLASSES
+        )
+
+
 def test_existing_results_are_not_overwritten(cases, tmp_path):
     labels, predictions, *_ = cases
     output = tmp_path / "eval"
@@ -144,6 +162,7 @@ def test_existing_results_are_not_overwritten(cases, tmp_path):
 ILL_CASES = [
     ({"class_names": {"1": "organ"}}, ValueError, "0..N-1"),
     ({"class_names": ["background"]}, ValueError, "foreground"),
+    ({"class_names": ["background", "organ", "organ"]}, ValueError, "distinct"),
     ({"tolerance_mm": [1.0, 2.0, 3.0]}, ValueError, "tolerance_mm"),
     ({"tolerance_mm": -1.0}, ValueError, "tolerance_mm"),
 ]
@@ -190,3 +209,21 @@ def test_cli_exit_status_reports_missing_predictions(cases, tmp_path, capsys):
     assert main([*argv, "--overwrite"]) == 0
     assert main(argv) == 2  # results exist: one-line error, exit 2
     assert "exist" in capsys.readouterr().err
+
+
+def test_infer_then_evaluate_on_the_demo_dataset(demo_dataset, tmp_path):
+    """Predictions written by ``infer`` line up with the dataset labels: same names, shapes and affines."""
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
+    config = {"preset": "ct", "pixdim": [4.0, 4.0, 5.0], "roi_size": [16, 16, 16], "labels": CLASSES}
+    config.update(spatial_dims=3, in_channels=1, out_channels=3, preset_kwargs={})
+    spec = {"network": {"name": "attention_unet", "kwargs": kwargs}, "config": config}
+    spec["model"] = create_network("attention_unet", **kwargs).state_dict()
+    checkpoint = save_checkpoint(tmp_path / "model.pt", spec)
+    infer(demo_dataset / "imagesTs", tmp_path / "predictions", checkpoint=checkpoint, progress=False)
+    summary = evaluate(
+        tmp_path / "predictions", demo_dataset / "labelsTs", output_dir=tmp_path / "eval", class_names=CLASSES
+    )
+    assert summary["num_evaluated"] == summary["num_cases"] == 2
+    assert not summary["missing"] and not summary["mismatched"] and not summary["unmatched_predictions"]
+    perfect = evaluate(demo_dataset / "labelsTs", demo_dataset / "labelsTs", output_dir=tmp_path / "self")
+    assert perfect["mean"]["dice"] == pytest.approx(1.0) and perfect["mean"]["hd95"] == pytest.approx(0.0)

@@ -369,3 +369,24 @@ def test_cli(threshold_bundle, tmp_path, capsys):
     assert (tmp_path / "out" / "probabilities" / "scan.nii.gz").is_file()
     assert main(argv) == 2
     assert "exist" in capsys.readouterr().err
+
+
+def test_2d_png_with_a_one_channel_sigmoid_model(tmp_path):
+    from PIL import Image
+
+    kwargs = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "init_features": 4, "depth": 2}
+    config = {**CONFIG, "preset": "image2d", "pixdim": None, "roi_size": [16, 16], "preset_kwargs": {}}
+    config.update(spatial_dims=2, in_channels=3, out_channels=1, labels={"0": "background", "1": "object"})
+    torch.manual_seed(0)
+    spec = {"network": {"name": "attention_unet", "kwargs": kwargs}, "config": config}
+    spec["model"] = create_network("attention_unet", **kwargs).state_dict()
+    checkpoint = save_checkpoint(tmp_path / "model2d.pt", spec)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    options = {"checkpoint": checkpoint, "tta": True, "largest_component": True, "progress": False}
+    written = infer(tmp_path / "photo.png", tmp_path / "out", save_probabilities=True, **options)
+    labels, _ = read(written[0])
+    probabilities, _ = read(tmp_path / "out" / "probabilities" / "photo.nii.gz")
+    assert labels.shape == (30, 20, 1, 1) and probabilities.shape == (30, 20, 1, 1)  # PIL: width first
+    assert set(np.unique(labels)) <= {0, 1} and probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    assert ndimage.label(labels == 1)[1] <= 1

@@ -55,13 +55,17 @@ def test_shape(kwargs, input_shape, expected_shape, options):
 def test_batch_size_one_trains_on_the_smallest_input(attention, spatial_dims):
     """Padding to at least 2**(depth + 1) keeps two voxels per dim at the bottom, so batch norm trains."""
     torch.manual_seed(0)
-    net = AttentionUNet(spatial_dims, 1, 2, init_features=2, depth=3, attention=attention).train()
+    net = AttentionUNet(spatial_dims, 1, 2, init_features=4, depth=3, attention=attention).train()
     out = net(torch.randn(1, 1, *[1] * spatial_dims))
     assert out.shape == (1, 2, *[1] * spatial_dims)
     out.sum().backward()
-    assert all(p.grad is not None for p in net.parameters())
-    # every convolution kernel learns (a bias in front of a batch norm has a zero gradient by design)
-    assert all(p.grad.any() for name, p in net.named_parameters() if p.dim() > 1)
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters())
+
+    net.zero_grad()
+    out = net(torch.randn(1, 1, *[9] * spatial_dims))
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 2, (1, *[9] * spatial_dims))).backward()
+    # every kernel learns (a bias in front of a batch norm has a zero gradient by design)
+    assert all(p.grad.any() for p in net.parameters() if p.dim() > 1)
 
 
 def test_document_network_checked_by_issue():

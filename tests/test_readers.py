@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from attnunet.transforms.headers import read_header
 from attnunet.transforms.readers import DicomSeries, SimpleITKReader, list_dicom_series, sitk_affine
 from monai.transforms import LoadImage, LoadImaged
 from monai.transforms.io.array import SUPPORTED_READERS
@@ -182,3 +183,16 @@ def test_unreadable_file(tmp_path):
 def test_read_takes_no_options(demo_case):
     with pytest.raises(TypeError, match="takes no options"):
         SimpleITKReader().read(demo_case, mmap=True)
+
+
+def test_header_of_a_series_folder(two_series):
+    folder, volume = two_series
+    with pytest.raises(ValueError, match="holds 2 DICOM series; load one with SimpleITKReader"):
+        read_header(folder)
+    single = folder.parent / "single"
+    single.mkdir()
+    for name in list_dicom_series(folder)[0].files:
+        (single / Path(name).name).symlink_to(name)
+    header = read_header(single)
+    assert header.spatial_shape == volume.GetSize() and header.channels == 1
+    np.testing.assert_allclose(header.affine, load("SimpleITKReader", single).affine.numpy(), atol=1e-4)

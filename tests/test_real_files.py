@@ -82,7 +82,9 @@ def test_dicom_series_from_a_real_oblique_volume(tmp_path, write_dicom_series):
     ours, reference = ras(loaded[None]), ras(first[None])
     np.testing.assert_array_equal(ours.numpy(), reference.numpy())  # slice order from positions, not names
     np.testing.assert_allclose(ours.affine.numpy(), reference.affine.numpy(), atol=1e-4)
-    assert read_header(tmp_path / "series").spatial_shape == (128, 96, 24)
+    header = read_header(tmp_path / "series")
+    assert header.spatial_shape == (128, 96, 24)
+    np.testing.assert_allclose(header.affine, loaded.affine.numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])

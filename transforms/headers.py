@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from attnunet.transforms.readers import list_dicom_series, sitk_affine
+from monai.data.utils import orientation_ras_lps
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 
@@ -68,29 +69,62 @@ def _nifti_header(path: Path) -> ImageHeader:
     )
 
 
-def _sitk_header(path: Path) -> ImageHeader:
-    if path.is_dir():
-        series = list_dicom_series(path)
-        if not series:
-            raise FileNotFoundError(f"{path} holds no DICOM series")
-        files, slices = series[0].files[0], series[0].num_slices
-    else:
-        files, slices = str(path), 1
+def _unreadable(path: str | os.PathLike, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return f"{path}: the header cannot be read (not an image, or truncated): {reason}"
+
+
+def _file_information(name: str) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
-    reader.SetFileName(files)
-    reader.ReadImageInformation()
-    size = list(reader.GetSize())
-    if path.is_dir():  # a slice file reports one plane; the series stacks them
-        size = [*size[:2], slices]
+    reader.SetFileName(name)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(_unreadable(name, error)) from None
+    return reader
+
+
+def _pixel_dtype(reader: sitk.ImageFileReader) -> np.dtype:
+    return sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())).dtype
+
+
+def _sitk_header(path: Path) -> ImageHeader:
+    reader = _file_information(str(path))
+    size = reader.GetSize()
     rank = min(reader.GetDimension(), 3)
-    extra = int(np.prod(size[3:], dtype=int))
-    dtype = sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())).dtype
     return ImageHeader(
         path=path,
         spatial_shape=tuple(int(n) for n in size[:rank]),
-        channels=extra * reader.GetNumberOfComponents(),
+        channels=int(np.prod(size[3:], dtype=int)) * reader.GetNumberOfComponents(),
         affine=sitk_affine(reader, spatial_rank=rank),
-        dtype=np.dtype(dtype),
+        dtype=_pixel_dtype(reader),
+    )
+
+
+def _dicom_series_header(folder: Path) -> ImageHeader:
+    """The series' geometry from its first two slices, as GDCM stacks them (slice axis = their offset)."""
+    found = list_dicom_series(folder)
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no DICOM series")
+    if len(found) > 1:
+        listing = "; ".join(str(series) for series in found)
+        raise ValueError(
+            f"{folder} holds {len(found)} DICOM series; load one with SimpleITKReader(series_uid=...): "
+            f"{listing}"
+        )
+    first = _file_information(found[0].files[0])
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(first.GetDirection()).reshape(3, 3) @ np.diag(first.GetSpacing())
+    lps[:3, 3] = first.GetOrigin()
+    if found[0].num_slices > 1:
+        lps[:3, 2] = np.subtract(_file_information(found[0].files[1]).GetOrigin(), first.GetOrigin())
+    return ImageHeader(
+        path=folder,
+        spatial_shape=(*(int(n) for n in first.GetSize()[:2]), found[0].num_slices),
+        channels=first.GetNumberOfComponents(),
+        affine=orientation_ras_lps(lps),
+        dtype=_pixel_dtype(first),
     )
 
 
@@ -126,16 +160,11 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     name = path.name.lower()
-    try:
-        if name.endswith(NIFTI_SUFFIXES):
-            return _nifti_header(path)
-        if name.endswith(IMAGE2D_SUFFIXES):
-            return _pil_header(path)
+    if path.is_dir():
+        return _dicom_series_header(path)  # SimpleITK's errors are reported per file by _file_information
+    if not name.endswith(NIFTI_SUFFIXES + IMAGE2D_SUFFIXES):
         return _sitk_header(path)
-    except FileNotFoundError:
-        raise
-    except (ImageFileError, UnidentifiedImageError, RuntimeError, OSError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"{path}: the header cannot be read (not an image, or truncated): {reason}"
-        ) from None
+    try:
+        return _nifti_header(path) if name.endswith(NIFTI_SUFFIXES) else _pil_header(path)
+    except (ImageFileError, UnidentifiedImageError, OSError, EOFError, ValueError) as error:
+        raise ValueError(_unreadable(path, error)) from None

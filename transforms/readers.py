@@ -101,8 +101,8 @@ class SimpleITKReader(ImageReader):
     (``nan`` for single-channel images, ``-1`` otherwise), ``space`` and the image's own metadata
     keys (``ITK_*`` keys dropped; for a DICOM series, the first slice's tags such as ``0020|000e``).
     ``LoadImage`` adds ``filename_or_obj``. For the same NIfTI file the array and affine equal
-    ``NibabelReader``'s, oblique directions included (ITK cannot represent a sheared sform and uses
-    the qform instead).
+    ``NibabelReader``'s, oblique directions included; the one exception is a sheared sform, which ITK
+    cannot represent (it falls back to the qform).
 
     Args:
         channel_dim: the channel axis of the returned array; ``None`` infers it (see above),

@@ -1,0 +1,110 @@
+"""The network registry: presets, overrides, helpful errors, the decorator, MONAI's ConfigParser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.nets import AttentionUnet, UNet
+
+from attnunet import AttentionUNet, create_network, list_networks, register_network
+from attnunet import networks as registry
+
+# (name, kwargs, expected attributes)
+PRESETS = [
+    ("attention_unet_2d", {}, {"spatial_dims": 2, "in_channels": 3, "out_channels": 1}),
+    ("attention_unet_3d", {}, {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}),
+    ("attention_unet_3d_small", {}, {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}),
+    ("attention_unet_3d", {"out_channels": 4, "attention": "gate"}, {"out_channels": 4, "attention": "gate"}),
+    ("attention_unet", {"spatial_dims": 2, "in_channels": 2, "out_channels": 5}, {"out_channels": 5}),
+]
+
+
+def test_list_networks():
+    names = list_networks()
+    assert names == sorted(names)
+    expected = {"attention_unet", "attention_unet_2d", "attention_unet_3d", "attention_unet_3d_small"}
+    assert expected | {"monai_attention_unet", "monai_unet"} <= set(names)
+
+
+@pytest.mark.parametrize("name, kwargs, expected", PRESETS)
+def test_presets(name, kwargs, expected):
+    net = create_network(name, **kwargs)
+    assert isinstance(net, AttentionUNet)
+    for key, value in expected.items():
+        assert getattr(net, key) == value
+
+
+def test_small_preset_is_small():
+    small = create_network("attention_unet_3d_small")
+    assert small.stem.conv_0.conv.out_channels == 8
+    assert (
+        sum(p.numel() for p in small.parameters())
+        < sum(p.numel() for p in create_network("attention_unet_3d").parameters()) / 10
+    )
+
+
+@pytest.mark.parametrize("name, cls", [("monai_attention_unet", AttentionUnet), ("monai_unet", UNet)])
+def test_monai_baselines_have_matching_widths(name, cls):
+    net = create_network(name, spatial_dims=2, in_channels=1, out_channels=3, init_features=4, depth=3)
+    assert isinstance(net, cls)
+    assert tuple(net.channels) == (4, 8, 16, 32)
+    assert net(torch.randn(1, 1, 16, 16)).shape == (1, 3, 16, 16)
+
+
+ILL_CASES = [
+    ("attention_unet_3", {}, "did you mean 'attention_unet_3d'"),
+    ("resnet", {}, "attention_unet_2d"),  # the message lists the names
+    (
+        "attention_unet_2d",
+        {"bad_option": 1},
+        "unexpected keyword argument 'bad_option'.*accepts spatial_dims",
+    ),
+    ("attention_unet", {"in_channels": 1}, "missing a required argument: 'spatial_dims'"),
+    (
+        "monai_unet",
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "attention": "gate"},
+        "attention",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, message", ILL_CASES)
+def test_ill_names_and_arguments(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_network(name, **kwargs)
+
+
+def test_register_network_decorator(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_network("plain_unet_for_test")
+    def plain(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2) -> torch.nn.Module:
+        return AttentionUNet(spatial_dims, in_channels, out_channels, init_features=4, attention="none")
+
+    assert "plain_unet_for_test" in list_networks()
+    assert create_network("plain_unet_for_test", out_channels=3).out_channels == 3
+    with pytest.raises(ValueError, match="already registered"):
+        register_network("plain_unet_for_test")(plain)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {
+            "_target_": "attnunet.AttentionUNet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 3,
+            "init_features": 4,
+            "depth": 2,
+            "attention": "gate",
+        },
+        {"_target_": "attnunet.create_network", "name": "attention_unet_3d_small", "out_channels": 3},
+    ],
+)
+def test_monai_config_parser_instantiates_the_network(config):
+    parser = ConfigParser({"network_def": config})
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, AttentionUNet)
+    assert net.eval()(torch.randn(1, 1, 9, 8, 7)).shape == (1, 3, 9, 8, 7)
