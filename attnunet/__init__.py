@@ -1,6 +1,36 @@
-"""attnunet: the reference document's Attention U-Net on MONAI."""
+"""attnunet: the reference document's Attention U-Net on MONAI.
 
-from attnunet.network import AttentionUNet
-from attnunet.networks import create_network, list_networks, register_network
+The public names are imported on first use (PEP 562), so ``attnunet --help`` and the CLI's command
+table load without torch and MONAI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __all__ = ["AttentionUNet", "create_network", "list_networks", "register_network"]
+
+# public name -> module that defines it
+_EXPORTS = {
+    "AttentionUNet": "attnunet.network",
+    "create_network": "attnunet.networks",
+    "list_networks": "attnunet.networks",
+    "register_network": "attnunet.networks",
+}
+
+if TYPE_CHECKING:
+    from attnunet.network import AttentionUNet
+    from attnunet.networks import create_network, list_networks, register_network
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attnunet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

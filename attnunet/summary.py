@@ -45,7 +45,7 @@ def summarize(
     input_size: Sequence[int] | None = None,
     *,
     batch_size: int = 1,
-    depth: int = 4,
+    max_depth: int = 4,
     verbose: int = 0,
     **network_kwargs: object,
 ) -> torchinfo.ModelStatistics:
@@ -56,7 +56,7 @@ def summarize(
         input_size: ``(channels, *spatial)`` without the batch dim; ``None``: ``(in_channels, 256, 256)``
             for 2D, ``(in_channels, 96, 96, 96)`` for 3D.
         batch_size: batch size of the summary's input.
-        depth: how many levels of nested modules the table shows.
+        max_depth: how many levels of nested modules the table shows (torchinfo's ``depth``).
         verbose: torchinfo's verbosity (0: return the statistics without printing).
         network_kwargs: keyword arguments for :func:`attnunet.create_network` when ``network`` is a name.
 
@@ -83,7 +83,7 @@ def summarize(
             f"int, got input_size={input_size}, batch_size={batch_size}"
         )
     try:
-        return torchinfo.summary(network, input_size=sizes, depth=depth, verbose=verbose, device="cpu")
+        return torchinfo.summary(network, input_size=sizes, depth=max_depth, verbose=verbose, device="cpu")
     except RuntimeError as error:
         # torchinfo wraps the network's own input check; surface that message, not torchinfo's
         if isinstance(error.__cause__, ValueError):
@@ -140,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``attnunet summary``: print the per-layer table and the parameter count."""
     stats = summarize(
-        network_from_args(args), args.input_size, batch_size=args.batch_size, depth=args.max_depth
+        network_from_args(args), args.input_size, batch_size=args.batch_size, max_depth=args.max_depth
     )
     print(stats)
     return 0

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name
-from attnunet.pipelines.validation import DataValidationError
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES, read_header
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import LoadImage
 from monai.utils import look_up_option
+
+from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name
+from attnunet.pipelines.validation import DataValidationError
+from attnunet.transforms.headers import IMAGE2D_SUFFIXES, read_header
 
 __all__ = [
     "DatasetIndex",

@@ -295,6 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="surface Dice tolerance in mm: one value, or one per foreground class (default: 2)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -306,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         class_names=args.classes,
         tolerance_mm=args.tolerance_mm,
         overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     for class_name, metrics in summary["classes"].items():
         text = ", ".join(

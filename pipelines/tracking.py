@@ -18,13 +18,14 @@ accepts any batch and spatial size, like the checkpoint it came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,21 @@ def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _tracking_uri_set_to(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a while, then put back what was there.
+
+    ``mlflow.set_tracking_uri`` is process-global (it also sets ``MLFLOW_TRACKING_URI`` in the
+    environment); a library call must not leave it changed for the caller's later runs.
+    """
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested config into MLflow parameters (``a.b.c -> value`` as strings).
 
@@ -174,18 +190,23 @@ class RunTracker:
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         check_tracking_server(self.tracking_uri)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        self.client = MlflowClient(self.tracking_uri)
-        if run_id is None:
-            experiment_obj = self.client.get_experiment_by_name(experiment)
-            experiment_id = (
-                experiment_obj.experiment_id
-                if experiment_obj is not None
-                else self.client.create_experiment(experiment, artifact_location=artifact_location)
-            )
-            self.run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-        else:
-            self.run = mlflow.start_run(run_id=run_id)
+        self._restore = contextlib.ExitStack()  # closed in end(): the caller's MLflow URI comes back
+        self._restore.enter_context(_tracking_uri_set_to(self.tracking_uri))
+        try:
+            self.client = MlflowClient(self.tracking_uri)
+            if run_id is None:
+                found = self.client.get_experiment_by_name(experiment)
+                experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else self.client.create_experiment(experiment, artifact_location=artifact_location)
+                )
+                self.run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+            else:
+                self.run = mlflow.start_run(run_id=run_id)
+        except BaseException:
+            self._restore.close()
+            raise
         self.run_id: str = self.run.info.run_id
 
     def log_config(self, config: Mapping[str, Any]) -> None:
@@ -254,6 +275,7 @@ class RunTracker:
     def end(self, status: str = "FINISHED") -> None:
         """End the run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         mlflow.end_run(status=status)
+        self._restore.close()
 
 
 def load_registered_model(
@@ -278,10 +300,10 @@ def load_registered_model(
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
-    mlflow.set_tracking_uri(uri)
     try:
-        run_id = mlflow.models.get_model_info(model_uri).run_id
-        model = mlflow.pytorch.load_model(model_uri, map_location=torch.device(device))
+        with _tracking_uri_set_to(uri):
+            run_id = mlflow.models.get_model_info(model_uri).run_id
+            model = mlflow.pytorch.load_model(model_uri, map_location=torch.device(device))
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"model {model_uri} cannot be loaded from {uri}: {error.message}") from None
     try:

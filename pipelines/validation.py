@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from monai.transforms import LoadImage
+
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader: DICOM folders, NRRD, MHA)
 from attnunet.transforms.headers import IMAGE2D_SUFFIXES, ImageHeader, read_header
-from monai.transforms import LoadImage
 
 __all__ = ["DataValidationError", "validate_items"]
 

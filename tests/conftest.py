@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+
 from attnunet.pipelines.demo_data import write_demo_dataset
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from PIL import Image
+
 from attnunet.pipelines.datasets import (
     DatasetIndex,
     discover_dataset,
@@ -17,8 +20,6 @@ from attnunet.pipelines.datasets import (
 )
 from attnunet.pipelines.validation import DataValidationError
 from attnunet.transforms.presets import build_transforms
-from monai.data import CacheDataset, Dataset, PersistentDataset
-from PIL import Image
 
 
 def copy_pairs(demo: Path, root: Path, image_dir: str, label_dir: str, image_name="{}") -> Path:

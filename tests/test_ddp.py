@@ -28,7 +28,7 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
         "--experiment", "ddp", "--sw-batch-size", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert completed.stdout.count("best mean Dice") == 1  # rank 0 reports, rank 1 does not
 

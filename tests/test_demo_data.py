@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from attnunet.pipelines.demo_data import DEMO_LABELS, demo_affine, write_demo_dataset
 
 

@@ -200,6 +200,7 @@ def test_cli_exit_status_reports_missing_predictions(cases, tmp_path, capsys):
         str(labels),
         "--output",
         str(tmp_path / "e"),
+        "--no-progress",
     ]
     assert main([*argv, "--classes", "background", "organ", "lesion"]) == 1
     assert "organ: dice" in capsys.readouterr().out

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from attnunet.transforms.presets import build_transforms, ct_transforms, image2d_transforms, mr_transforms
 from monai.transforms import Invertd
 from monai.utils import set_determinism
 from PIL import Image
+
+from attnunet.transforms.presets import build_transforms, ct_transforms, image2d_transforms, mr_transforms
 
 
 @pytest.fixture(scope="module")

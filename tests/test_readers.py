@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from attnunet.transforms.headers import read_header
-from attnunet.transforms.readers import DicomSeries, SimpleITKReader, list_dicom_series, sitk_affine
 from monai.transforms import LoadImage, LoadImaged
 from monai.transforms.io.array import SUPPORTED_READERS
+
+from attnunet.transforms.headers import read_header
+from attnunet.transforms.readers import DicomSeries, SimpleITKReader, list_dicom_series, sitk_affine
 
 
 @pytest.fixture(scope="module")

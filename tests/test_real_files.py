@@ -10,12 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from monai.transforms import LoadImage, Orientation
+
 from attnunet.pipelines.datasets import discover_dataset
 from attnunet.pipelines.validation import validate_items
 from attnunet.transforms.headers import read_header
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader, list_dicom_series
-from monai.transforms import LoadImage, Orientation
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 # pydicom's bundled files only: get_testdata_file() may download the others, which tests must not do.

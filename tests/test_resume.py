@@ -34,7 +34,8 @@ def _read_lines(stream, lines: queue.Queue) -> None:
         lines.put(line)
 
 
-def test_sigkill_mid_epoch_then_resume(demo_dataset, tmp_path, capsys, caplog):
+def test_sigkill_mid_epoch_then_resume(demo_dataset, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
     output, tracking_uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = subprocess.Popen(
         _command(demo_dataset, output, tracking_uri),
@@ -42,6 +43,7 @@ def test_sigkill_mid_epoch_then_resume(demo_dataset, tmp_path, capsys, caplog):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=tmp_path,
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True).start()

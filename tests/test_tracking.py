@@ -77,7 +77,8 @@ def test_overlong_parameters_go_to_the_config_artifact(mlflow_server):  # noqa: 
     assert json.loads(Path(path).read_text())["notes"] == config["notes"]  # whole, not truncated
 
 
-def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_path):  # noqa: F811
+def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = tiny_config(
         demo_dataset,
         tmp_path / "run",
@@ -90,6 +91,7 @@ def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_pat
     )
     result = train(config)
     assert result.model_uri == "models:/tiny-attnunet@champion"
+    assert not mlflow.is_tracking_uri_set()  # the process-wide MLflow URI is left as it was
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("tracked")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -113,9 +115,13 @@ def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_pat
 
     # The registered model predicts what the checkpoint does, for any batch and spatial size.
     checkpoint_model, checkpoint_config = model_from_checkpoint(result.best_checkpoint)
-    mlflow.set_tracking_uri(mlflow_server)
-    registered = mlflow.pytorch.load_model("models:/tiny-attnunet@champion").eval()
     model, config_back = load_registered_model("models:/tiny-attnunet@champion", tracking_uri=mlflow_server)
+    assert not mlflow.is_tracking_uri_set()
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        registered = mlflow.pytorch.load_model("models:/tiny-attnunet@champion").eval()
+    finally:
+        mlflow.set_tracking_uri(None)
     assert config_back == checkpoint_config
     torch.manual_seed(0)
     with torch.no_grad():

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from attnunet.pipelines.datasets import discover_dataset
 from attnunet.pipelines.validation import DataValidationError, validate_items
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from attnunet.transforms.readers import list_dicom_series, sitk_affine
 from monai.data.utils import orientation_ras_lps
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
+
+from attnunet.transforms.readers import list_dicom_series, sitk_affine
 
 __all__ = ["ImageHeader", "read_header", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
 from monai.data import ImageReader, PILReader
 from monai.transforms import (
     AsDiscreted,
@@ -38,6 +37,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.utils import look_up_option
+
+from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
 
 __all__ = ["PRESETS", "MODES", "build_transforms", "ct_transforms", "mr_transforms", "image2d_transforms"]
 
