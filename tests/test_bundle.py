@@ -18,6 +18,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from monai.bundle import ConfigParser
+
 from attnunet.pipelines.bundle import (
     bundle_datalist,
     bundle_template_dir,
@@ -26,8 +29,6 @@ from attnunet.pipelines.bundle import (
     init_distributed,
 )
 from attnunet.pipelines.tracking import resolve_tracking_uri
-from mlflow.tracking import MlflowClient
-from monai.bundle import ConfigParser
 
 # Small enough for a CPU: the demo fixture's 32 x 32 x 16 volumes, 16^3 patches, a 4-feature network.
 TINY = [
@@ -45,13 +46,20 @@ TINY = [
 EXPERIMENT = "bundle-test"
 
 
+def _env() -> dict[str, str]:
+    """The subprocesses' environment: no MLFLOW_TRACKING_URI (each test names its store), one OpenMP
+    thread per process (tiny tensors; several threads per process oversubscribe a small CI machine)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def monai_bundle(bundle: Path, command: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle COMMAND ...`` in ``bundle``; fail the test with its output if it fails."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", command, *args],
         cwd=bundle,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -194,7 +202,6 @@ def test_multi_gpu_train_under_torchrun(tmp_path, demo_dataset):
     """multi_gpu_train.json with two processes (Gloo on CPU): DDP, sharded data, rank 0 saves the model."""
     root = tmp_path / "attention_unet"
     shutil.copytree(bundle_template_dir(), root)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -202,7 +209,7 @@ def test_multi_gpu_train_under_torchrun(tmp_path, demo_dataset):
             "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
             "--bundle_root", str(root), "--dataset_dir", str(demo_dataset), *TINY, "--val_fraction", "0.5",
         ],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        cwd=root, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     state = torch.load(root / "models" / "model.pt", weights_only=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnunet.pipelines.bundle import bundle_template_dir, init_bundle
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from attnunet.cli import main
+from attnunet.pipelines.bundle import bundle_template_dir, init_bundle
 
 CONFIGS = (
     "metadata.json",

@@ -40,11 +40,16 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("kwargs, input_shape, expected_shape", TEST_CASES)
+@pytest.mark.parametrize(
+    "kwargs, input_shape, expected_shape, options",
+    [
+        (*case, options)
+        for case in TEST_CASES
+        for options in OPTIONS
+        if max(options.get("attention_levels", [1])) <= case[0]["depth"]
+    ],
+)
 def test_shape(kwargs, input_shape, expected_shape, options):
-    if options.get("attention_levels") and max(options["attention_levels"]) > kwargs["depth"]:
-        pytest.skip("level beyond depth")
     net = AttentionUNet(**kwargs, **options).eval()
     with torch.no_grad():
         assert net(torch.randn(input_shape)).shape == expected_shape

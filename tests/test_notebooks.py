@@ -1,0 +1,76 @@
+"""The notebooks in ``notebooks/`` run top to bottom in a real Jupyter kernel and draw their figures.
+
+Each runs with nbclient in the ``python3`` kernel (ipykernel in this venv), in a temporary working
+directory (nothing is written into the repository; the committed ``.ipynb`` files are not modified) and
+without ``MLFLOW_TRACKING_URI``, so the tracking notebook uses a sqlite store in that directory.
+``OMP_NUM_THREADS=1`` keeps the kernel's tiny CPU training from oversubscribing the cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+# notebook -> (figures it draws, text its outputs must show)
+EXPECTED = {
+    "01_explore_dataset.ipynb": (5, ["labelled cases", "same geometry (affine): True"]),
+    "02_train_and_track.ipynb": (
+        3,
+        ["attention=nonlocal FINISHED", "attention=none FINISHED", "AttentionUNet"],
+    ),
+    "03_inference_and_attention.ipynb": (
+        2,
+        ["same affine as the scan: True", "matches the block's output: True"],
+    ),
+}
+
+
+def _outputs(notebook: nbformat.NotebookNode) -> tuple[int, str]:
+    """The number of PNG figures and the text of every output of the executed notebook."""
+    figures, text = 0, []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            figures += "image/png" in data
+            text.append(output.get("text", "") + data.get("text/plain", ""))
+    return figures, "\n".join(text)
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs(name, tmp_path):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["OMP_NUM_THREADS"] = "1"
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=env)  # raises CellExecutionError (with the cell and traceback) if a cell fails
+    figures, text = _outputs(notebook)
+    expected_figures, expected_text = EXPECTED[name]
+    assert figures == expected_figures
+    for line in expected_text:
+        assert line in text, f"{name}: expected {line!r} in its outputs"
+    # what the notebooks write stays in their working directory
+    assert any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_notebook_shows_its_figures(name):
+    """The committed notebook carries its executed outputs (figures included) for readers on GitHub."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    figures, _ = _outputs(notebook)
+    assert figures == EXPECTED[name][0]
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code), "run every cell before committing"
+    assert not any(o.get("output_type") == "error" for cell in code for o in cell.outputs)
