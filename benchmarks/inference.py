@@ -63,10 +63,10 @@ def _write_volume(path: Path, shape: tuple[int, ...]) -> None:
 def worker(case_name: str, label: str, threads: int, repeats: int) -> dict:
     """Time ``infer`` for one model on one volume; runs inside its own process."""
     import torch
-    from attnunet.pipelines.checkpoints import save_checkpoint
-    from attnunet.pipelines.inference import infer
 
     from attnunet.networks import create_network
+    from attnunet.pipelines.checkpoints import save_checkpoint
+    from attnunet.pipelines.inference import infer
 
     torch.set_num_threads(threads)
     case = CASES[case_name]
@@ -151,12 +151,11 @@ def print_table(rows: list[dict]) -> None:
             if "error" in row:
                 print(f"| {row['model']} | | failed: {row['error']} | | | | |")
                 continue
-            time_ratio = row["seconds"] / reference["seconds"] if reference else float("nan")
-            memory_ratio = row[key] / reference[key] if reference else float("nan")
+            time_ratio = f"{row['seconds'] / reference['seconds']:.2f}" if reference else "-"
+            memory_ratio = f"{row[key] / reference[key]:.2f}" if reference else "-"
             print(
                 f"| {row['model']} | {row['params_m']:.2f} | {row['seconds']:.2f} "
-                f"| {row['volumes_per_minute']:.2f} | {time_ratio:.2f} | {row[key]:.2f} "
-                f"| {memory_ratio:.2f} |"
+                f"| {row['volumes_per_minute']:.2f} | {time_ratio} | {row[key]:.2f} | {memory_ratio} |"
             )
 
 

@@ -280,7 +280,10 @@ def init_bundle(
         raise ValueError(
             f"bundle name {name!r} must start with a letter or digit and use only letters, digits, _ - ."
         )
-    preset = look_up_option(preset, BUNDLE_PRESETS)
+    try:
+        preset = look_up_option(preset, BUNDLE_PRESETS)
+    except ValueError as error:  # look_up_option's message spans lines and does not name the setting
+        raise ValueError(f"preset: {' '.join(str(error).split())}") from None
     classes = [str(c) for c in classes]
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be at least two distinct names, background first, got {classes}")
@@ -417,6 +420,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--pixdim", nargs="+", type=float, help="spacing to resample to, mm per spatial dim")
     init.add_argument("--in-channels", type=int, help="image channels (default: 3 for image2d, else 1)")
     init.add_argument("--dataset-dir", type=Path, help="dataset to train on by default (else the demo data)")
+    init.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        metavar=("A_MIN", "A_MAX"),
+        help="CT preset: the HU window scaled to [0, 1] (default: -175 250)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -431,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
         pixdim=args.pixdim,
         in_channels=args.in_channels,
         dataset_dir=args.dataset_dir,
+        preset_kwargs=None if args.window is None else {"a_min": args.window[0], "a_max": args.window[1]},
     )
     print(f"wrote {root}\nnext: cd {root} && python -m monai.bundle run --config_file configs/train.json")
     return 0

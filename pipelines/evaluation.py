@@ -28,15 +28,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
 import numpy as np
 import torch
-from attnunet.pipelines.files import IMAGE_SUFFIXES, atomic_output, case_name, innermost_cause, list_images
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import LoadImage
 from tqdm import tqdm
+
+import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
+from attnunet.pipelines.files import IMAGE_SUFFIXES, atomic_output, case_name, innermost_cause, list_images
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
 

@@ -35,6 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor, NibabelWriter
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import AsDiscrete, Compose, Invertd, KeepLargestConnectedComponent
+from monai.utils import look_up_option
+from tqdm import tqdm
+
 from attnunet.pipelines.checkpoints import model_from_checkpoint
 from attnunet.pipelines.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.files import (
@@ -47,12 +54,6 @@ from attnunet.pipelines.files import (
 )
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader, list_dicom_series
-from monai.bundle import ConfigParser
-from monai.data import MetaTensor, NibabelWriter
-from monai.inferers import SlidingWindowInferer
-from monai.transforms import AsDiscrete, Compose, Invertd, KeepLargestConnectedComponent
-from monai.utils import look_up_option
-from tqdm import tqdm
 
 __all__ = ["BLEND_MODES", "InferenceCase", "discover_inputs", "load_model", "infer", "add_arguments", "run"]
 

@@ -137,12 +137,14 @@ def test_init_bundle_custom_window_and_dataset(tmp_path, demo_dataset, monkeypat
 def test_cli_bundle_init(tmp_path, capsys):
     code = main(
         ["bundle", "init", "spleen", "--dir", str(tmp_path), "--classes", "background", "spleen",
-         "--preset", "ct", "--roi-size", "32", "32", "16", "--pixdim", "1.5", "1.5", "2.0"]
+         "--preset", "ct", "--roi-size", "32", "32", "16", "--pixdim", "1.5", "1.5", "2.0",
+         "--window", "-100", "200"]
     )  # fmt: skip
     assert code == 0
     assert "python -m monai.bundle run" in capsys.readouterr().out
     train, _, metadata = _configs(tmp_path / "spleen")
     assert (train["out_channels"], train["roi_size"], train["pixdim"]) == (2, [32, 32, 16], [1.5, 1.5, 2.0])
+    assert train["preset_kwargs"] == {"a_min": -100.0, "a_max": 200.0}
     assert metadata["name"] == "spleen"
     # no run outputs of the template (data, checkpoints, databases) are copied
     copied = {p.relative_to(tmp_path / "spleen").parts[0] for p in (tmp_path / "spleen").rglob("*")}
@@ -163,7 +165,7 @@ def test_cli_bundle_init_refuses_existing_folder(tmp_path, capsys):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"preset": "ctt"}, "ctt"),
+        ({"preset": "ctt"}, "preset: By 'ctt', did you mean 'ct'"),
         ({"classes": ["background"]}, "classes"),
         ({"classes": ["a", "a"]}, "classes"),
         ({"roi_size": [32, 32]}, "roi_size"),

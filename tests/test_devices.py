@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from attnunet.pipelines.devices import choose_devices, estimate_stitching_bytes, fits_on_gpu
 
 CUDA = torch.cuda.is_available()

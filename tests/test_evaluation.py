@@ -8,12 +8,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from attnunet.pipelines.checkpoints import save_checkpoint
-from attnunet.pipelines.evaluation import evaluate
-from attnunet.pipelines.inference import infer
 
 from attnunet.cli import main
 from attnunet.networks import create_network
+from attnunet.pipelines.checkpoints import save_checkpoint
+from attnunet.pipelines.evaluation import evaluate
+from attnunet.pipelines.inference import infer
 
 CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
 SHAPE = (24, 20, 12)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from attnunet.pipelines.bundle import bundle_template_dir
-from attnunet.pipelines.checkpoints import save_checkpoint
-from attnunet.pipelines.inference import discover_inputs, infer, load_model
-from attnunet.transforms.readers import SimpleITKReader
 from scipy import ndimage
 
 from attnunet import AttentionUNet
 from attnunet.cli import main
 from attnunet.networks import create_network
+from attnunet.pipelines.bundle import bundle_template_dir
+from attnunet.pipelines.checkpoints import save_checkpoint
+from attnunet.pipelines.inference import discover_inputs, infer, load_model
+from attnunet.transforms.readers import SimpleITKReader
 
 CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
 TINY = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
