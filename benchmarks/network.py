@@ -1,7 +1,6 @@
 """Forward latency and peak memory of attnunet's AttentionUNet beside MONAI's AttentionUnet and UNet.
 
-Every (case, model) runs in a fresh subprocess, so the peak resident set size (``ru_maxrss``) is that
-model's alone. Cases:
+Cases:
 
 - ``cpu2d``: forward (inference mode), 2D 512x512, 1 channel, batch 1, CPU.
 - ``cpu3d``: forward (inference mode), 3D 96^3, 1 channel, batch 1, CPU.
@@ -9,9 +8,16 @@ model's alone. Cases:
   when ``torch.cuda.is_available()`` is False.
 
 All models have the widths 32, 64, 128, 256, 512 (``init_features=32``, ``depth=4``) and 3 output
-channels. Times are medians over the timed iterations after warm-up, the fastest of ``--rounds``
-processes per model; peak memory is the largest. Ratios are to MONAI's ``AttentionUnet`` in the same
-case.
+channels. Two kinds of subprocess per case:
+
+- memory: one fresh process per model (a warm-up and one measured step), so the peak resident set
+  size (``ru_maxrss``, the whole process: Python, torch, MONAI, weights, activations) or the peak CUDA
+  memory is that model's alone;
+- time: one process holding all models, which runs them in turn for ``--iterations`` rounds after a
+  warm-up, and keeps each model's fastest step. Interleaving makes the ratios fair on a shared
+  machine, where a slow spell would otherwise hit one model only.
+
+Ratios are to MONAI's ``AttentionUnet`` in the same case.
 
 Run::
 
@@ -24,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +39,7 @@ CASES = {
     "cpu3d": {"spatial_dims": 3, "size": 96, "device": "cpu", "backward": False},
     "gpu3d": {"spatial_dims": 3, "size": 128, "device": "cuda", "backward": True},
 }
-# label -> (registry name, extra kwargs); the first MONAI one is the reference of the ratios
+# label -> (registry name, extra kwargs)
 MODELS = {
     "attnunet nonlocal": ("attention_unet", {"attention": "nonlocal"}),
     "attnunet gate": ("attention_unet", {"attention": "gate"}),
@@ -45,23 +50,26 @@ MODELS = {
 REFERENCE = "MONAI AttentionUnet"
 
 
-def worker(case_name: str, label: str, threads: int, warmup: int, iterations: int) -> dict:
-    """Build one model, time it and measure its peak memory; runs inside its own process."""
+def _setup(case_name: str, labels: list[str], threads: int):
     import torch
 
     from attnunet.networks import create_network
 
     torch.set_num_threads(threads)
     case = CASES[case_name]
-    name, kwargs = MODELS[label]
-    dims = case["spatial_dims"]
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    model = create_network(name, spatial_dims=dims, in_channels=1, out_channels=3, **kwargs).to(device)
-    x = torch.randn(1, 1, *([case["size"]] * dims), device=device)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    models = {}
+    for label in labels:
+        name, kwargs = MODELS[label]
+        models[label] = create_network(
+            name, spatial_dims=case["spatial_dims"], in_channels=1, out_channels=3, **kwargs
+        ).to(device)
+        models[label].train(case["backward"])
+    x = torch.randn(1, 1, *([case["size"]] * case["spatial_dims"]), device=device)
 
-    def step() -> None:
+    def step(model: torch.nn.Module) -> float:
+        start = time.perf_counter()
         if case["backward"]:
             model.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16):
@@ -72,26 +80,46 @@ def worker(case_name: str, label: str, threads: int, warmup: int, iterations: in
                 model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    model.train(case["backward"])
-    times = []
-    for i in range(warmup + iterations):
-        start = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    return torch, models, step
+
+
+def memory_worker(case_name: str, label: str, threads: int) -> dict:
+    """Peak memory of one model's step, in a process of its own."""
+    torch, models, step = _setup(case_name, [label], threads)
+    model = models[label]
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    step(model)  # warm-up
+    step(model)
     result = {
-        "case": case_name,
-        "model": label,
-        "seconds": statistics.median(times),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-        "baseline_rss_gb": baseline_rss / 1e9,
+        "baseline_rss_gb": baseline,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
-    if device.type == "cuda":
+    if torch.cuda.is_available() and CASES[case_name]["device"] == "cuda":
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
         result["gpu"] = torch.cuda.get_device_name()
     return result
+
+
+def time_worker(case_name: str, labels: list[str], threads: int, iterations: int) -> dict:
+    """Fastest step of each model, the models run in turn in one process."""
+    _, models, step = _setup(case_name, labels, threads)
+    for model in models.values():
+        step(model)  # warm-up
+    best = {label: float("inf") for label in labels}
+    for _ in range(iterations):
+        for label, model in models.items():
+            best[label] = min(best[label], step(model))
+    return best
+
+
+def _run(args: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def print_table(rows: list[dict]) -> None:
@@ -102,11 +130,10 @@ def print_table(rows: list[dict]) -> None:
         shape = "x".join([str(case["size"])] * case["spatial_dims"])
         what = "forward+backward, AMP" if case["backward"] else "forward"
         gpu = next((row["gpu"] for row in case_rows if "gpu" in row), "")
-        print(f"\n## {case_name}: {shape}, batch 1, {what} {gpu}")
-        memory = "peak GPU GB" if case["device"] == "cuda" else "peak RSS GB"
-        print(f"| model | params (M) | time (s) | time ratio | {memory} | memory ratio |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         key = "peak_gpu_gb" if case["device"] == "cuda" else "peak_rss_gb"
+        print(f"\n## {case_name}: {shape}, batch 1, {what} {gpu}")
+        print(f"| model | params (M) | time (s) | time ratio | {key} | memory ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for row in case_rows:
             if "error" in row:
                 print(f"| {row['model']} | | failed: {row['error']} | | | |")
@@ -126,15 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="MODEL")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process (median)")
-    parser.add_argument("--rounds", type=int, default=2, help="processes per model (fastest kept)")
+    parser.add_argument("--iterations", type=int, default=3, help="timed rounds over the models (default 3)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--worker", nargs=2, metavar=("CASE", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=2, metavar=("CASE", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--time-worker", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.worker:
-        print(json.dumps(worker(*args.worker, args.threads, args.warmup, args.iterations)))
+    if args.memory_worker:
+        print(json.dumps(memory_worker(*args.memory_worker, args.threads)))
+        return 0
+    if args.time_worker:
+        print(json.dumps(time_worker(args.time_worker, args.models, args.threads, args.iterations)))
         return 0
 
     import torch
@@ -144,38 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"skipped (no CUDA device): {', '.join(skipped)}", file=sys.stderr)
     rows = []
+    common = ["--threads", str(args.threads), "--iterations", str(args.iterations), "--models", *args.models]
     for case_name in cases:
-        best: dict[str, dict] = {}
-        # Rounds go over all models in turn, so a slow spell of a shared machine hits every model; each
-        # model keeps its fastest round (and its largest peak memory).
-        for _ in range(args.rounds):
-            for label in args.models:
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    case_name,
-                    label,
-                    "--threads",
-                    str(args.threads),
-                ]
-                command += ["--warmup", str(args.warmup), "--iterations", str(args.iterations)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    error = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-                    row = {"case": case_name, "model": label, "error": error}
-                else:
-                    row = json.loads(done.stdout.strip().splitlines()[-1])
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                previous = best.get(label)
-                if previous is None or "error" in previous:
-                    best[label] = row
-                elif "error" not in row:
-                    previous["seconds"] = min(previous["seconds"], row["seconds"])
-                    for key in ("peak_rss_gb", "peak_gpu_gb"):
-                        if key in row:
-                            previous[key] = max(previous[key], row[key])
-        rows += [best[label] for label in args.models]
+        times = _run(["--time-worker", case_name, *common])
+        for label in args.models:
+            row = {"case": case_name, "model": label, **_run(["--memory-worker", case_name, label, *common])}
+            if "error" in times:
+                row.setdefault("error", times["error"])
+            else:
+                row["seconds"] = times[label]
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as stream:

@@ -11,9 +11,10 @@ The template under ``bundles/attention_unet`` has MONAI's standard layout (``con
 
 Its configs use MONAI's engines, handlers, datasets and inferers directly; the few steps MONAI has no
 component for (writing the embedded demo data, reading a dataset folder into a split data list,
-listing the scans of a folder) are the Python functions below, called by ``_target_`` or ``$``
-(STYLE.md: logic in Python functions, not in config strings). :func:`init_bundle` copies the template
-and writes a user's classes, preset, ROI size, spatial dims and spacing into it.
+listing the scans of a folder, joining ``torchrun``'s process group) are the Python functions below,
+called by ``_target_`` (STYLE.md: logic in Python functions, not in config strings).
+:func:`init_bundle` copies the template and writes a user's classes, preset, ROI size, spatial dims
+and spacing into it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from typing import Any
 import torch
 from monai.utils import look_up_option
 
+from attnunet.pipelines.datasets import discover_dataset, split_items
+from attnunet.pipelines.demo_data import write_demo_dataset
+from attnunet.pipelines.files import IMAGE_SUFFIXES
+from attnunet.transforms.presets import PRESETS, build_transforms
+
 __all__ = [
-    "BUNDLE_PRESETS",
     "bundle_template_dir",
     "default_dataset_dir",
     "bundle_datalist",
@@ -46,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_PRESETS = ("ct", "mr", "image2d")
 SPLITS = ("train", "val")
 
 # What metadata.json says about the input of each preset (MONAI's network_data_format vocabulary).
@@ -87,8 +91,6 @@ def default_dataset_dir(bundle_root: str | os.PathLike) -> str:
         >>> default_dataset_dir("/tmp/my_bundle")  # doctest: +SKIP
         '/tmp/my_bundle/data/demo'
     """
-    from attnunet.pipelines.demo_data import write_demo_dataset
-
     root = Path(bundle_root) / "data" / "demo"
     if not (root / "dataset.json").is_file():
         logger.info("writing the attnunet demo dataset to %s (no --dataset_dir given)", root)
@@ -128,8 +130,6 @@ def bundle_datalist(
         >>> sorted(items[0])  # doctest: +SKIP
         ['image', 'label']
     """
-    from attnunet.pipelines.datasets import discover_dataset, split_items
-
     split = look_up_option(split, SPLITS)
     if not Path(dataset_dir).exists():
         raise FileNotFoundError(
@@ -163,8 +163,6 @@ def image_datalist(folder: str | os.PathLike, suffixes: Sequence[str] | None = N
         >>> image_datalist("/data/imagesTs")  # doctest: +SKIP
         [{'image': '/data/imagesTs/case_001.nii.gz'}]
     """
-    from attnunet.pipelines.files import IMAGE_SUFFIXES
-
     suffixes = tuple(s.lower() for s in (suffixes or IMAGE_SUFFIXES))
     folder = Path(folder)
     if not folder.is_dir():
@@ -274,14 +272,12 @@ def init_bundle(
         >>> (root / "configs" / "train.json").is_file()  # doctest: +SKIP
         True
     """
-    from attnunet.transforms.presets import build_transforms
-
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
             f"bundle name {name!r} must start with a letter or digit and use only letters, digits, _ - ."
         )
     try:
-        preset = look_up_option(preset, BUNDLE_PRESETS)
+        preset = look_up_option(preset, tuple(PRESETS))
     except ValueError as error:  # look_up_option's message spans lines and does not name the setting
         raise ValueError(f"preset: {' '.join(str(error).split())}") from None
     classes = [str(c) for c in classes]
