@@ -464,9 +464,11 @@ def infer(
         with torch.inference_mode():
             probabilities = inferer(image.as_tensor()[None].to(plan.device), predictor)[0]
         data["pred"] = MetaTensor(probabilities, meta=image.meta, applied_operations=image.applied_operations)
-        # Back through the preset's invertible transforms (orientation, spacing) to the input's grid.
+        # Back through the preset's invertible transforms (orientation, spacing) to the input's grid;
+        # rebinding ``data`` frees the stitched volume before the label map is made.
         invert = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)
-        probabilities = invert(data)["pred"]
+        data = invert(data)
+        probabilities = data["pred"]
         labels = discretize(probabilities)
         if largest_component:
             labels = keep_largest(labels)

@@ -36,12 +36,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
-from attnunet.pipelines.datasets import discover_dataset, make_dataset, split_items
-from attnunet.pipelines.overlays import save_overlay
-from attnunet.pipelines.tracking import RunTracker, check_tracking_server, resolve_tracking_uri
-from attnunet.pipelines.validation import validate_items
-from attnunet.transforms.presets import build_transforms
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 from monai.data import DataLoader, partition_dataset
@@ -52,6 +46,12 @@ from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor, look_up_option, set_determinism
 
 from attnunet.networks import create_network
+from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from attnunet.pipelines.datasets import discover_dataset, make_dataset, split_items
+from attnunet.pipelines.overlays import save_overlay
+from attnunet.pipelines.tracking import RunTracker, check_tracking_server, resolve_tracking_uri
+from attnunet.pipelines.validation import validate_items
+from attnunet.transforms.presets import build_transforms
 
 __all__ = [
     "CACHE_MODES",

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 import torch
-from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
-from attnunet.pipelines.datasets import discover_dataset, split_items
-from attnunet.transforms.presets import build_transforms
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
+
+from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.pipelines.datasets import discover_dataset, split_items
+from attnunet.transforms.presets import build_transforms
 
 
 def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):

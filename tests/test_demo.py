@@ -6,10 +6,10 @@ import json
 
 import nibabel as nib
 import pytest
-from attnunet.pipelines.demo import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
 from mlflow.tracking import MlflowClient
 
 from attnunet.cli import main
+from attnunet.pipelines.demo import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
 
 
 def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):

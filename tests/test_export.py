@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from attnunet.pipelines.checkpoints import save_checkpoint
 from onnx.reference import ReferenceEvaluator
 
 from attnunet import AttentionUNet, create_network
 from attnunet.cli import main
 from attnunet.export import export_onnx, export_torchscript
+from attnunet.pipelines.checkpoints import save_checkpoint
 
 TINY = {"init_features": 4, "depth": 2}
 

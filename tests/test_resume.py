@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
-from attnunet.pipelines.checkpoints import load_checkpoint
 from mlflow.tracking import MlflowClient
 
 from attnunet.cli import main
+from attnunet.pipelines.checkpoints import load_checkpoint
 
 EPOCHS = 4
 

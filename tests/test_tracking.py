@@ -8,6 +8,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+from mlflow_server import free_port, mlflow_server  # noqa: F401  (the session-scoped server fixture)
+from test_training import tiny_config
+
 from attnunet.pipelines.checkpoints import model_from_checkpoint
 from attnunet.pipelines.tracking import (
     CONFIG_ARTIFACT,
@@ -18,10 +23,6 @@ from attnunet.pipelines.tracking import (
     resolve_tracking_uri,
 )
 from attnunet.pipelines.training import train
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
-from mlflow_server import free_port, mlflow_server  # noqa: F401  (the session-scoped server fixture)
-from test_training import tiny_config
 
 
 def test_flatten_params_nests_and_leaves_out_overlong_values():

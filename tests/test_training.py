@@ -14,11 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
-from attnunet.pipelines.training import TrainConfig, train
 from mlflow_server import free_port
 
 from attnunet.cli import main
+from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.pipelines.training import TrainConfig, train
 
 TINY = {
     "roi_size": (32, 32, 16),
