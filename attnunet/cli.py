@@ -17,7 +17,14 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "USER_ERRORS", "main"]
 
 # Errors that mean "the input or the arguments are wrong", as opposed to a bug.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    ConnectionError,
+)
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
