@@ -28,10 +28,19 @@ USER_ERRORS = (
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("attnunet.pipelines.demo", "write the embedded demo data, train, register, segment, report Dice"),
+    "demo": (
+        "attnunet.pipelines.demo",
+        "write the embedded demo data, train, register, segment, report Dice",
+    ),
     "train": ("attnunet.pipelines.training", "train a network with MONAI engines, tracked in MLflow"),
-    "infer": ("attnunet.pipelines.inference", "sliding-window segmentation of files, folders or DICOM series"),
-    "evaluate": ("attnunet.pipelines.evaluation", "Dice, HD95 and surface Dice of predictions against labels"),
+    "infer": (
+        "attnunet.pipelines.inference",
+        "sliding-window segmentation of files, folders or DICOM series",
+    ),
+    "evaluate": (
+        "attnunet.pipelines.evaluation",
+        "Dice, HD95 and surface Dice of predictions against labels",
+    ),
     "summary": ("attnunet.summary", "per-layer summary and parameter count of a network preset"),
     "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
     "bundle": ("attnunet.pipelines.bundle", "write a MONAI bundle for your own dataset"),
@@ -47,7 +56,9 @@ def _top_level_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items())
         + "\n\nRun 'attnunet COMMAND --help' for a command's options.",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    parser.add_argument(
+        "command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below"
+    )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at DEBUG level and show tracebacks of errors"
     )
