@@ -48,11 +48,11 @@ DEMO_SETTINGS: dict[str, Any] = {
     "network_kwargs": {"norm": "instance", "depth": 3, "attention_levels": [2, 3]},
     "roi_size": (48, 48, 32),
     "pixdim": (1.5, 1.5, 3.0),
-    "epochs": 30,
+    "epochs": 40,
     "val_every": 5,
     "batch_size": 2,
     "num_samples": 4,
-    "lr": 3e-3,
+    "lr": 5e-3,
     "val_fraction": 0.2,
 }
 DEMO_MODEL_NAME = "attnunet-demo"
