@@ -1,6 +1,7 @@
 """PNG overlays of image, label and prediction for a quick look at a segmentation.
 
-Written with matplotlib's Agg backend (no display needed). Hand-written because MONAI's
+Drawn on a bare ``matplotlib.figure.Figure`` (no pyplot), so no display is needed and the caller's
+backend (Jupyter's inline one, say) is left alone. Hand-written because MONAI's
 ``plot_2d_or_3d_image`` writes TensorBoard summaries, not a side-by-side PNG file.
 """
 
@@ -10,15 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no display on servers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 __all__ = ["choose_slice", "save_overlay"]
 
@@ -114,7 +111,8 @@ def save_overlay(
         *([("label", label_arr)] if label_arr is not None else []),
         ("prediction", pred_arr),
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    figure = Figure(figsize=(4 * len(panels), 4.4))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, (name, mask) in zip(axes[0], panels, strict=True):
         # Rows of a (x, y) slice are x: transpose so the picture is shown with x across.
         axis.imshow(image_arr.T, cmap="gray", origin="lower")
@@ -133,5 +131,4 @@ def save_overlay(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return path
