@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -333,6 +334,10 @@ def train(config: TrainConfig) -> TrainResult:
         return _train(config, rank, world, device)
     finally:
         if world > 1 and dist.is_initialized():
+            # The engines hold the DDP model in reference cycles; left to interpreter shutdown, its
+            # gloo reducer is destroyed with worker threads still joinable and the process aborts
+            # ("terminate called without an active exception"). Free it while the group is alive.
+            gc.collect()
             dist.destroy_process_group()
 
 
