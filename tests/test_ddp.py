@@ -17,9 +17,16 @@ from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoin
 from attnunet.pipelines.datasets import discover_dataset, split_items
 from attnunet.transforms.presets import build_transforms
 
+# torch's gloo backend occasionally aborts one rank from C++ ("terminate called without an active
+# exception", SIGABRT) on this CPU-only setup: seen in CI in about 1 run in 4, at start-up or at exit,
+# never reproduced outside pytest (28 direct torchrun runs passed, with and without load). Only that
+# abort gets one more attempt, in fresh folders; any other failure, or the abort twice, fails.
+GLOO_ABORT = "terminate called without an active exception"
 
-def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
-    output, tracking_uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+def _torchrun_train(demo_dataset, folder):
+    output, tracking_uri = folder / "run", f"sqlite:///{folder / 'mlflow.db'}"
+    folder.mkdir()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), "-m", "attnunet", "train", "--data", str(demo_dataset),
@@ -29,7 +36,14 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
         "--experiment", "ddp", "--sw-batch-size", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+    return completed, output, tracking_uri
+
+
+def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
+    completed, output, tracking_uri = _torchrun_train(demo_dataset, tmp_path / "attempt1")
+    if completed.returncode != 0 and GLOO_ABORT in completed.stderr:
+        completed, output, tracking_uri = _torchrun_train(demo_dataset, tmp_path / "attempt2")
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert completed.stdout.count("best mean Dice") == 1  # rank 0 reports, rank 1 does not
 
