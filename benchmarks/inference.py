@@ -27,26 +27,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import MODELS as ALL_MODELS
+from harness import REFERENCE, peak_rss_gb, reference_row, run_worker, write_json
 
 CASES = {
     "cpu": {"shape": (192, 192, 96), "device": "cpu", "sw_batch_size": 1, "init_features": 32, "depth": 4},
     "gpu": {"shape": (512, 512, 300), "device": "cuda", "sw_batch_size": 4, "init_features": 32, "depth": 4},
     "large": {"shape": (512, 512, 600), "device": "cpu", "sw_batch_size": 4, "init_features": 4, "depth": 2},
 }
-# label -> (registry name, extra kwargs); REFERENCE is the denominator of the ratios
-MODELS = {
-    "attnunet nonlocal": ("attention_unet", {"attention": "nonlocal"}),
-    "MONAI AttentionUnet": ("monai_attention_unet", {}),
-    "MONAI UNet": ("monai_unet", {}),
-}
-REFERENCE = "MONAI AttentionUnet"
+MODELS = {label: ALL_MODELS[label] for label in ("attnunet nonlocal", REFERENCE, "MONAI UNet")}
 ROI, OVERLAP, CLASSES = (96, 96, 96), 0.25, 3
 
 
@@ -123,7 +118,7 @@ def worker(case_name: str, label: str, threads: int, repeats: int) -> dict:
         "model": label,
         "seconds": statistics.median(times),
         "volumes_per_minute": 60.0 / statistics.median(times),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "peak_rss_gb": peak_rss_gb(),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     if device.type == "cuda":
@@ -136,7 +131,7 @@ def print_table(rows: list[dict]) -> None:
     for case_name in dict.fromkeys(row["case"] for row in rows):
         case = CASES[case_name]
         case_rows = [row for row in rows if row["case"] == case_name]
-        reference = next((row for row in case_rows if row["model"] == REFERENCE and "error" not in row), None)
+        reference = reference_row(case_rows)
         gpu = next((row["gpu"] for row in case_rows if "gpu" in row), "")
         shape = "x".join(map(str, case["shape"]))
         print(
@@ -188,20 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         # The large case shows memory, not a comparison: our network only.
         labels = ["attnunet nonlocal"] if case_name == "large" else args.models
         for label in labels:
-            command = [sys.executable, __file__, "--worker", case_name, label]
-            command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                error = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-                row = {"case": case_name, "model": label, "error": error}
-            else:
-                row = json.loads(done.stdout.strip().splitlines()[-1])
+            options = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+            row = run_worker(__file__, ["--worker", case_name, label, *options])
+            if "error" in row:
+                row = {"case": case_name, "model": label, **row}
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     print_table(rows)
-    if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(rows, stream, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

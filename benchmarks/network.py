@@ -29,25 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
+
+from harness import MODELS, peak_rss_gb, reference_row, run_worker, write_json
 
 CASES = {
     "cpu2d": {"spatial_dims": 2, "size": 512, "device": "cpu", "backward": False},
     "cpu3d": {"spatial_dims": 3, "size": 96, "device": "cpu", "backward": False},
     "gpu3d": {"spatial_dims": 3, "size": 128, "device": "cuda", "backward": True},
 }
-# label -> (registry name, extra kwargs)
-MODELS = {
-    "attnunet nonlocal": ("attention_unet", {"attention": "nonlocal"}),
-    "attnunet gate": ("attention_unet", {"attention": "gate"}),
-    "attnunet none": ("attention_unet", {"attention": "none"}),
-    "MONAI AttentionUnet": ("monai_attention_unet", {}),
-    "MONAI UNet": ("monai_unet", {}),
-}
-REFERENCE = "MONAI AttentionUnet"
 
 
 def _setup(case_name: str, labels: list[str], threads: int):
@@ -89,11 +80,11 @@ def memory_worker(case_name: str, label: str, threads: int) -> dict:
     """Peak memory of one model's step, in a process of its own."""
     torch, models, step = _setup(case_name, [label], threads)
     model = models[label]
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    baseline = peak_rss_gb()
     step(model)  # warm-up
     step(model)
     result = {
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "peak_rss_gb": peak_rss_gb(),
         "baseline_rss_gb": baseline,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
@@ -115,17 +106,10 @@ def time_worker(case_name: str, labels: list[str], threads: int, iterations: int
     return best
 
 
-def _run(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def print_table(rows: list[dict]) -> None:
     for case_name in dict.fromkeys(row["case"] for row in rows):
         case_rows = [row for row in rows if row["case"] == case_name]
-        reference = next((row for row in case_rows if row["model"] == REFERENCE and "error" not in row), None)
+        reference = reference_row(case_rows)
         case = CASES[case_name]
         shape = "x".join([str(case["size"])] * case["spatial_dims"])
         what = "forward+backward, AMP" if case["backward"] else "forward"
@@ -175,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     common = ["--threads", str(args.threads), "--iterations", str(args.iterations), "--models", *args.models]
     for case_name in cases:
-        times = _run(["--time-worker", case_name, *common])
+        times = run_worker(__file__, ["--time-worker", case_name, *common])
         for label in args.models:
-            row = {"case": case_name, "model": label, **_run(["--memory-worker", case_name, label, *common])}
+            memory = run_worker(__file__, ["--memory-worker", case_name, label, *common])
+            row = {"case": case_name, "model": label, **memory}
             if "error" in times:
                 row.setdefault("error", times["error"])
             else:
@@ -185,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     print_table(rows)
-    if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(rows, stream, indent=2)
+    write_json(args.json, rows)
     return 0
 
 
