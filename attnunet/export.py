@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from monai.utils import look_up_option
 from torch import nn
 
+from attnunet.atomic import atomic_output
 from attnunet.summary import add_network_arguments, default_input_size, network_from_args
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "add_arguments", "export_onnx", "export_torchscript", "run"]
@@ -47,21 +46,6 @@ def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a file name")
-    return path
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -101,7 +85,9 @@ def export_torchscript(
         # the tracer warns that shape checks and padding become constants: the documented trace behaviour
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         module = torch.jit.script(model) if method == "script" else torch.jit.trace(model, example_input)
-    return _write_atomically(path, lambda tmp: torch.jit.save(module, tmp))
+    with atomic_output(path) as tmp:
+        torch.jit.save(module, tmp)
+    return path
 
 
 def export_onnx(
@@ -146,11 +132,10 @@ def export_onnx(
         verbose=False,
     )
 
-    def write(tmp: str) -> None:
-        program.save(tmp, external_data=False)
-        onnx.checker.check_model(tmp)
-
-    return _write_atomically(path, write)
+    with atomic_output(path) as tmp:
+        program.save(str(tmp), external_data=False)
+        onnx.checker.check_model(str(tmp))
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ class AttentionUNet(nn.Module):
     Architecture: a stem of two 3x3 conv/norm/act at ``init_features`` (full resolution); ``depth``
     encoder stages, each a 2x max-pool and two convolutions that double the features
     (32, 64, 128, 256, 512 by default); a bottom block of two convolutions; ``depth`` decoder stages, each
-    ``attention -> 2x linear upsampling -> concat with the skip -> two convolutions`` halving the
+    ``attention -> 2x linear upsampling -> concat with the skip -> one 3x3 convolution`` halving the
     features; a final 1x1 convolution to ``out_channels`` logits.
 
     With ``attention="nonlocal"`` the decoder's attention is the document's non-local block

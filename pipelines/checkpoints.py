@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from attnunet.atomic import atomic_output
 from attnunet.networks import create_network
-from attnunet.pipelines.files import atomic_output
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 

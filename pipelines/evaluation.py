@@ -37,7 +37,8 @@ from monai.transforms import LoadImage
 from tqdm import tqdm
 
 import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
-from attnunet.pipelines.files import IMAGE_SUFFIXES, atomic_output, case_name, innermost_cause, list_images
+from attnunet.atomic import atomic_output
+from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name, innermost_cause, list_images
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
 

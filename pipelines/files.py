@@ -1,17 +1,15 @@
-"""Names, safe writing and read errors of the files inference and evaluation handle.
+"""Names and read errors of the files inference and evaluation handle.
 
 A case is named by its image file without the image extension (``case_001.nii.gz`` -> ``case_001``).
 ``attnunet infer`` writes ``<case>.nii.gz`` and ``attnunet evaluate`` matches predictions to labels by
-that name, so both use :func:`case_name`. Outputs are written through :func:`atomic_output`: a run
-that fails part-way leaves no half-written file and never replaces an existing one with one.
+that name, so both use :func:`case_name`. Outputs are written through
+:func:`attnunet.atomic.atomic_output`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -19,7 +17,6 @@ __all__ = [
     "IMAGE2D_SUFFIXES",
     "case_name",
     "list_images",
-    "atomic_output",
     "innermost_cause",
 ]
 
@@ -61,34 +58,6 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
         for path in folder.iterdir()
         if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(tuple(suffixes))
     )
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension) and move it to ``path`` on success.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> with atomic_output(folder / "metrics.csv") as tmp:
-        ...     _ = tmp.write_text("case,dice\\n")
-        >>> (folder / "metrics.csv").read_text()
-        'case,dice\\n'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-    # Hidden, with the real extension last: writers choose the format (and gzip) from the extension.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def innermost_cause(error: BaseException) -> str:

@@ -42,12 +42,12 @@ from monai.transforms import AsDiscrete, Compose, Invertd, KeepLargestConnectedC
 from monai.utils import look_up_option
 from tqdm import tqdm
 
+from attnunet.atomic import atomic_output
 from attnunet.pipelines.checkpoints import model_from_checkpoint
 from attnunet.pipelines.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.files import (
     IMAGE2D_SUFFIXES,
     IMAGE_SUFFIXES,
-    atomic_output,
     case_name,
     innermost_cause,
     list_images,

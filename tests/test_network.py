@@ -124,7 +124,7 @@ def test_default_widths_follow_the_document():
     net = AttentionUNet(2, 3, 1)
     assert net.stem.conv_0.conv.out_channels == 32
     assert [stage.convs.conv_1.conv.out_channels for stage in net.encoder] == [64, 128, 256, 512]
-    assert [stage.convs.conv_1.conv.out_channels for stage in net.decoder] == [256, 128, 64, 32]
+    assert [stage.conv.conv.out_channels for stage in net.decoder] == [256, 128, 64, 32]
     assert net.head.conv.out_channels == 1
 
 
