@@ -74,10 +74,26 @@ def model_from_checkpoint(
 
     Returns:
         ``(model, config)``: the model on ``device`` and the run configuration saved with it.
+
+    Raises:
+        ValueError: the checkpoint's weights do not fit the network it names (another attnunet version).
     """
+    source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(checkpoint)
     spec = checkpoint["network"]
     model = create_network(spec["name"], **spec["kwargs"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights: torch lists them all
+        details = [
+            line.strip()[:200] + ("..." if len(line.strip()) > 200 else "")
+            for line in str(error).splitlines()[1:3]
+        ]
+        raise ValueError(
+            f"{source}: its weights do not fit the network it names ({spec['name']} with {spec['kwargs']}), "
+            f"so it was written by another attnunet version (the decoder has one 3x3 convolution per "
+            f"stage since 2026-11-25) or edited; retrain, or load it with the attnunet that wrote it. "
+            f"{' '.join(details)}"
+        ) from None
     return model.to(device).eval(), dict(checkpoint.get("config", {}))

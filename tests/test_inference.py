@@ -322,6 +322,13 @@ def test_bad_model_sources(tmp_path, checkpoint):
     }
     with pytest.raises(ValueError, match="lacks \\['preset'\\]"):
         infer(image, tmp_path / "out", checkpoint=save_checkpoint(tmp_path / "incomplete.pt", spec))
+    # weights of another network layout (the two-convolution decoder stages of earlier versions)
+    old_layout = {k.replace(".conv.", ".convs.conv_0.", 1) if k.startswith("decoder.") else k: v
+                  for k, v in model.state_dict().items()}  # fmt: skip
+    stale = save_checkpoint(tmp_path / "stale.pt", {**spec, "model": old_layout, "config": CONFIG})
+    with pytest.raises(ValueError, match="stale.pt: its weights do not fit the network it names"):
+        infer(image, tmp_path / "out", checkpoint=stale)
+    assert not (tmp_path / "out").exists()
 
 
 def test_bundle_given_by_a_relative_path(threshold_bundle, tmp_path, monkeypatch):
