@@ -1,5 +1,5 @@
 """What ``network.py`` and ``inference.py`` share: the models compared, one worker per fresh process,
-peak memory, the reference row of the ratios, and the JSON copy of the rows."""
+peak memory, the reference row of the ratios, the markdown table, and the JSON copy of the rows."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 
 # label -> (attnunet.networks registry name, extra kwargs); REFERENCE is the denominator of the ratios
 MODELS = {
@@ -39,6 +40,25 @@ def run_worker(script: str, args: list[str]) -> dict:
 def reference_row(case_rows: list[dict]) -> dict | None:
     """The REFERENCE model's row among one case's rows, or None when it is missing or failed."""
     return next((row for row in case_rows if row["model"] == REFERENCE and "error" not in row), None)
+
+
+def ratio(row: dict, reference: dict | None, key: str) -> str:
+    """``row[key] / reference[key]`` to two decimals, or ``-`` when the reference row is missing."""
+    return f"{row[key] / reference[key]:.2f}" if reference else "-"
+
+
+def print_rows(case_rows: list[dict], columns: dict[str, Callable[[dict, dict | None], str]]) -> None:
+    """Print one case's rows as a markdown table: a ``model`` column, then one per ``columns`` entry
+    (header -> cell of a row, given the row and the reference row); a failed worker's row says why."""
+    reference = reference_row(case_rows)
+    print("| model | " + " | ".join(columns) + " |")
+    print("| --- |" + " ---: |" * len(columns))
+    for row in case_rows:
+        if "error" in row:
+            cells = [f"failed: {row['error']}"] + [""] * (len(columns) - 1)
+        else:
+            cells = [cell(row, reference) for cell in columns.values()]
+        print(f"| {row['model']} | " + " | ".join(cells) + " |")
 
 
 def write_json(path: str | None, rows: list[dict]) -> None:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from harness import MODELS as ALL_MODELS
-from harness import REFERENCE, peak_rss_gb, reference_row, run_worker, write_json
+from harness import REFERENCE, peak_rss_gb, print_rows, ratio, run_worker, write_json
 
 CASES = {
     "cpu": {"shape": (192, 192, 96), "device": "cpu", "sw_batch_size": 1, "init_features": 32, "depth": 4},
@@ -131,7 +131,6 @@ def print_table(rows: list[dict]) -> None:
     for case_name in dict.fromkeys(row["case"] for row in rows):
         case = CASES[case_name]
         case_rows = [row for row in rows if row["case"] == case_name]
-        reference = reference_row(case_rows)
         gpu = next((row["gpu"] for row in case_rows if "gpu" in row), "")
         shape = "x".join(map(str, case["shape"]))
         print(
@@ -140,18 +139,17 @@ def print_table(rows: list[dict]) -> None:
         )
         key = "peak_gpu_gb" if case["device"] == "cuda" else "peak_rss_gb"
         memory = "peak GPU GB" if case["device"] == "cuda" else "peak RSS GB"
-        print(f"| model | params (M) | s / volume | volumes / min | time ratio | {memory} | memory ratio |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for row in case_rows:
-            if "error" in row:
-                print(f"| {row['model']} | | failed: {row['error']} | | | | |")
-                continue
-            time_ratio = f"{row['seconds'] / reference['seconds']:.2f}" if reference else "-"
-            memory_ratio = f"{row[key] / reference[key]:.2f}" if reference else "-"
-            print(
-                f"| {row['model']} | {row['params_m']:.2f} | {row['seconds']:.2f} "
-                f"| {row['volumes_per_minute']:.2f} | {time_ratio} | {row[key]:.2f} | {memory_ratio} |"
-            )
+        print_rows(
+            case_rows,
+            {
+                "params (M)": lambda row, _: f"{row['params_m']:.2f}",
+                "s / volume": lambda row, _: f"{row['seconds']:.2f}",
+                "volumes / min": lambda row, _: f"{row['volumes_per_minute']:.2f}",
+                "time ratio": lambda row, reference: ratio(row, reference, "seconds"),
+                memory: lambda row, _, key=key: f"{row[key]:.2f}",
+                "memory ratio": lambda row, reference, key=key: ratio(row, reference, key),
+            },
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ import json
 import sys
 import time
 
-from harness import MODELS, peak_rss_gb, reference_row, run_worker, write_json
+from harness import MODELS, peak_rss_gb, print_rows, ratio, run_worker, write_json
 
 CASES = {
     "cpu2d": {"spatial_dims": 2, "size": 512, "device": "cpu", "backward": False},
@@ -109,25 +109,22 @@ def time_worker(case_name: str, labels: list[str], threads: int, iterations: int
 def print_table(rows: list[dict]) -> None:
     for case_name in dict.fromkeys(row["case"] for row in rows):
         case_rows = [row for row in rows if row["case"] == case_name]
-        reference = reference_row(case_rows)
         case = CASES[case_name]
         shape = "x".join([str(case["size"])] * case["spatial_dims"])
         what = "forward+backward, AMP" if case["backward"] else "forward"
         gpu = next((row["gpu"] for row in case_rows if "gpu" in row), "")
         key = "peak_gpu_gb" if case["device"] == "cuda" else "peak_rss_gb"
         print(f"\n## {case_name}: {shape}, batch 1, {what} {gpu}")
-        print(f"| model | params (M) | time (s) | time ratio | {key} | memory ratio |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for row in case_rows:
-            if "error" in row:
-                print(f"| {row['model']} | | failed: {row['error']} | | | |")
-                continue
-            time_ratio = row["seconds"] / reference["seconds"] if reference else float("nan")
-            memory_ratio = row[key] / reference[key] if reference else float("nan")
-            print(
-                f"| {row['model']} | {row['params_m']:.2f} | {row['seconds']:.3f} | {time_ratio:.2f} "
-                f"| {row[key]:.3f} | {memory_ratio:.2f} |"
-            )
+        print_rows(
+            case_rows,
+            {
+                "params (M)": lambda row, _: f"{row['params_m']:.2f}",
+                "time (s)": lambda row, _: f"{row['seconds']:.3f}",
+                "time ratio": lambda row, reference: ratio(row, reference, "seconds"),
+                key: lambda row, _, key=key: f"{row[key]:.3f}",
+                "memory ratio": lambda row, reference, key=key: ratio(row, reference, key),
+            },
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
