@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +22,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extensions) and move it to ``path`` on success.
 
     The temporary file keeps all of ``path``'s extensions (``.nii.gz``, not ``.gz``), because writers
-    choose the format and compression from them, and gets the permissions a newly created file would
-    (``mkstemp`` makes it owner-only). On an exception it is removed and ``path`` is left as it was.
+    choose the format and compression from them, and gets the permissions a newly created file would.
+    It is synced to disk before it is renamed to ``path``. On an exception it is removed and ``path`` is
+    left as it was.
 
     Args:
         path: the file to write; its folder is created when missing.
 
     Example:
-        >>> import tempfile
+        >>> import secrets
         >>> folder = Path(tempfile.mkdtemp())
         >>> with atomic_output(folder / "metrics.csv") as tmp:
         ...     _ = tmp.write_text("case,dice\\n")
@@ -38,15 +39,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp{''.join(path.suffixes)}")
+    # Created with mode 0o666, so the umask gives it a new file's usual permissions (mkstemp's are 0600,
+    # and reading the umask means setting it, process-wide); O_EXCL never takes over an existing file.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the rename, so a power cut cannot leave an empty file at path
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -33,13 +33,11 @@ CHECKPOINT_FORMAT = "attnunet-checkpoint/1"
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """Write ``checkpoint`` to ``path`` atomically: a temp file in the same folder, then a rename.
 
-    A crash (or SIGKILL) mid-write leaves the previous file at ``path`` untouched.
+    A crash (or SIGKILL, or a power cut) mid-write leaves the previous file at ``path`` untouched.
     """
     path = Path(path)
-    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
-        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, stream)
-        stream.flush()
-        os.fsync(stream.fileno())  # on disk before the rename, so a power cut cannot leave it empty
+    with atomic_output(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, tmp)
     return path
 
 
