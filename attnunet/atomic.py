@@ -11,10 +11,25 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "refuse_existing"]
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` naming every one of ``paths`` that exists, unless ``overwrite``.
+
+    A run calls it with all the files it will write before writing any, so nothing already written is
+    replaced by accident and a refused run writes nothing.
+
+    Example:
+        >>> refuse_existing(["/nonexistent/model.ts"], overwrite=False)  # nothing there: no error
+    """
+    existing = [str(path) for path in paths if Path(path).exists()]
+    if existing and not overwrite:
+        what = "already exists" if len(existing) == 1 else f"already exist ({len(existing)} files)"
+        raise FileExistsError(f"{', '.join(existing)} {what}; pass overwrite=True (--overwrite) to replace")
 
 
 @contextlib.contextmanager

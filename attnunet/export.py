@@ -29,7 +29,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from attnunet.atomic import atomic_output
+from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.summary import add_network_arguments, default_input_size, network_from_args
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "add_arguments", "export_onnx", "export_torchscript", "run"]
@@ -42,8 +42,7 @@ logger = logging.getLogger(__name__)
 
 def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    refuse_existing([path], overwrite)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a file name")
     return path

@@ -37,7 +37,7 @@ from monai.transforms import LoadImage
 from tqdm import tqdm
 
 import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
-from attnunet.atomic import atomic_output
+from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name, innermost_cause, list_images
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
@@ -168,11 +168,7 @@ def evaluate(
     """
     output_dir = Path(output_dir)
     targets = [output_dir / name for name in (CASES_FILE, SUMMARY_CSV, SUMMARY_JSON)]
-    existing = [str(path) for path in targets if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"evaluation results exist: {', '.join(existing)}; pass overwrite=True (--overwrite) to replace"
-        )
+    refuse_existing(targets, overwrite)
     label_files = _image_files(labels, "labels")
     prediction_files = _image_files(predictions, "predictions")
     if not label_files:

@@ -42,7 +42,7 @@ from monai.transforms import AsDiscrete, Compose, Invertd, KeepLargestConnectedC
 from monai.utils import look_up_option
 from tqdm import tqdm
 
-from attnunet.atomic import atomic_output
+from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.pipelines.checkpoints import model_from_checkpoint
 from attnunet.pipelines.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.files import (
@@ -411,11 +411,7 @@ def infer(
     label_paths = [output_dir / f"{case.name}.nii.gz" for case in cases]
     probability_paths = [output_dir / PROBABILITIES_DIR / path.name for path in label_paths]
     planned = label_paths + (probability_paths if save_probabilities else [])
-    existing = [str(path) for path in planned if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{len(existing)} output(s) exist: {', '.join(existing)}; pass overwrite=True (--overwrite)"
-        )
+    refuse_existing(planned, overwrite)
 
     in_channels, out_channels = int(config["in_channels"]), int(config["out_channels"])
     sigmoid = out_channels == 1

@@ -1,4 +1,4 @@
-"""attnunet.atomic.atomic_output: complete files or none, never a half-written replacement."""
+"""attnunet.atomic: complete files or none, never a half-written or unasked-for replacement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from attnunet.atomic import atomic_output
+from attnunet.atomic import atomic_output, refuse_existing
 
 
 def test_writes_the_file_and_leaves_no_temporary(tmp_path):
@@ -48,3 +48,15 @@ def test_file_gets_the_permissions_of_a_newly_created_file(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "model.ts").stat().st_mode) == 0o644
+
+
+def test_refuse_existing_names_every_existing_output(tmp_path):
+    (tmp_path / "a.nii.gz").write_bytes(b"a")
+    (tmp_path / "c.nii.gz").write_bytes(b"c")
+    planned = [tmp_path / name for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz")]
+    with pytest.raises(FileExistsError, match=r"a\.nii\.gz, .*c\.nii\.gz already exist \(2 files\)"):
+        refuse_existing(planned, overwrite=False)
+    with pytest.raises(FileExistsError, match=r"a\.nii\.gz already exists; pass overwrite=True"):
+        refuse_existing(planned[:2], overwrite=False)
+    refuse_existing(planned, overwrite=True)
+    refuse_existing([tmp_path / "b.nii.gz"], overwrite=False)
