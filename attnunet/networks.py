@@ -10,6 +10,8 @@ rebuilds it. Registered names:
 - ``attention_unet_3d_small``: as ``attention_unet_3d`` with ``init_features=8`` (CPU demo, tests).
 - ``monai_attention_unet``, ``monai_unet``: MONAI's ``AttentionUnet`` and ``UNet`` with the same widths
   (``init_features * 2**i``, ``i = 0..depth``), as baselines.
+- ``nnunet_plain_conv_unet``: nnU-Net's own ``PlainConvUNet`` (package ``dynamic-network-architectures``,
+  the ``bench`` extra), as nnU-Net plans it, as a baseline.
 
 Every preset's defaults can be overridden by keyword, e.g.
 ``create_network("attention_unet_3d", out_channels=3, attention="gate")``.
@@ -147,4 +149,47 @@ def monai_unet(
         norm=norm,
         act=act,
         dropout=dropout,
+    )
+
+
+@register_network("nnunet_plain_conv_unet")
+def nnunet_plain_conv_unet(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    features: tuple[int, ...] = (32, 64, 128, 256),
+    *,
+    max_features: int = 320,
+) -> nn.Module:
+    """nnU-Net's ``PlainConvUNet`` as its planner configures it: 3x3(x3) kernels, stride 1 in the first
+    stage and 2 after, two convolutions per stage in the encoder and the decoder, instance norm
+    (eps 1e-5, affine), leaky ReLU (slope 0.01), no deep supervision. ``features`` are capped at
+    ``max_features`` (320 in 3D, 512 in 2D for nnU-Net). The defaults are nnU-Net's 3d_fullres plan for
+    MSD Hippocampus (4 stages, 32...256).
+    """
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    except ImportError:
+        raise ImportError(
+            "nnunet_plain_conv_unet needs nnU-Net's network package: pip install 'attnunet[bench]' "
+            "(or pip install dynamic-network-architectures)"
+        ) from None
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"nnunet_plain_conv_unet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    stages = len(features)
+    return PlainConvUNet(
+        input_channels=in_channels,
+        n_stages=stages,
+        features_per_stage=[min(int(f), max_features) for f in features],
+        conv_op=nn.Conv3d if spatial_dims == 3 else nn.Conv2d,
+        kernel_sizes=3,
+        strides=[1] + [2] * (stages - 1),
+        n_conv_per_stage=2,
+        num_classes=out_channels,
+        n_conv_per_stage_decoder=2,
+        conv_bias=True,
+        norm_op=nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
     )

@@ -52,6 +52,29 @@ def test_monai_baselines_have_matching_widths(name, cls):
     assert net(torch.randn(1, 1, 16, 16)).shape == (1, 3, 16, 16)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_nnunet_plain_conv_unet_is_nnunets_plan(spatial_dims):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    net = create_network(
+        "nnunet_plain_conv_unet",
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        out_channels=3,
+        features=(4, 8, 400),
+    )
+    assert isinstance(net, PlainConvUNet)
+    convs = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8, 8, 320, 320]  # two per stage, capped at 320
+    assert [c.stride[0] for c in convs[::2]] == [1, 2, 2]
+    assert net(torch.randn(1, 1, *[8] * spatial_dims)).shape == (1, 3, *[8] * spatial_dims)
+
+
+def test_nnunet_plain_conv_unet_rejects_1d():
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3, got 1"):
+        create_network("nnunet_plain_conv_unet", spatial_dims=1, in_channels=1, out_channels=2)
+
+
 ILL_CASES = [
     ("attention_unet_3", {}, "did you mean 'attention_unet_3d'"),
     ("resnet", {}, "attention_unet_2d"),  # the message lists the names
