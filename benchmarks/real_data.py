@@ -10,8 +10,10 @@ whole volume, Dice and HD95 per class (MONAI's metrics, in voxels).
 Models (``--models``, labels from ``MODELS``): our network with each attention mode, MONAI's ``UNet``
 and ``AttentionUnet`` at the same widths, and nnU-Net's ``PlainConvUNet`` (package
 ``dynamic-network-architectures``) configured as nnU-Net plans Hippocampus 3d_fullres: four stages of
-32, 64, 128, 256 features, strides 1, 2, 2, 2, two 3x3x3 convolutions per stage, instance norm and leaky
-ReLU (its own widths, not ours: that is what a user of nnU-Net gets).
+32, 64, 128, 256 features (nnU-Net pools while every axis keeps at least 4 voxels: its 40x56x40 patch
+allows three poolings), strides 1, 2, 2, 2, two 3x3x3 convolutions per stage, instance norm and leaky
+ReLU (its own widths, not ours: that is what a user of nnU-Net gets). Every model gets the same patch
+size (``--roi-size``), not nnU-Net's own.
 
 The training is the pipeline's, written here with MONAI's ``SupervisedTrainer`` because ``attnunet
 train`` has no wall-clock budget yet; validation during training is left out so that the whole budget

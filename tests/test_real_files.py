@@ -21,7 +21,12 @@ from attnunet.transforms.readers import SimpleITKReader, list_dicom_series
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 # pydicom's bundled files only: get_testdata_file() may download the others, which tests must not do.
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
-SHARED_DATA = Path(os.environ.get("ATTNUNET_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
+# ../shared/data holds several datasets; the MSD one is the default (any dataset folder can be named)
+SHARED_DATA = Path(
+    os.environ.get(
+        "ATTNUNET_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data" / "Task04_Hippocampus"
+    )
+)
 
 NIFTI_FILES = [
     "anatomical.nii",
