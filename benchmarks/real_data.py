@@ -99,8 +99,8 @@ def train_for(network, train_ds, args, budget_s: float) -> dict:
 def score(network, test_items, args, num_classes: int) -> dict:
     """Mean Dice and HD95 per foreground class on ``test_items`` (whole volumes, sliding window).
 
-    HD95 is undefined for a case where a class is not predicted at all: it is averaged over the other
-    cases, and ``missed`` counts those cases per class (a class never predicted has HD95 NaN).
+    HD95 is undefined for a case where a class is not predicted (or not labelled): it is averaged over
+    the other cases, ``missed`` counts those cases per class, and a class never predicted has HD95 None.
     """
     dice = DiceMetric(include_background=False, reduction="mean_batch")
     hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
@@ -115,11 +115,13 @@ def score(network, test_items, args, num_classes: int) -> dict:
             dice(prediction, label)
             hd95(prediction, label)
     distances = hd95.aggregate()  # (cases, classes), NaN or inf where a class is absent from a prediction
-    missed = (~distances.isfinite()).sum(0)
+    missed = (~distances.isfinite()).sum(0).tolist()
+    mean = distances.where(distances.isfinite(), float("nan")).nanmean(0).tolist()
     return {
         "dice": dice.aggregate().tolist(),
-        "hd95": distances.where(distances.isfinite(), float("nan")).nanmean(0).tolist(),
-        "missed": missed.tolist(),
+        # None (JSON null) for a class never predicted: there is no distance to average
+        "hd95": [None if n == len(distances) else v for n, v in zip(missed, mean, strict=True)],
+        "missed": missed,
     }
 
 
@@ -135,6 +137,12 @@ def run_model(label: str, train_ds, test_items, args, num_classes: int, in_chann
     row.update(score(network, test_items, args, num_classes))
     print(json.dumps(row), flush=True)
     return row
+
+
+def _distance(row: dict, c: int) -> str:
+    """HD95 cell: the mean distance (``-`` for a class never predicted) and the cases missed."""
+    value = row["hd95"][c]
+    return f"{'-' if value is None else f'{value:.2f}'} ({row['missed'][c]})"
 
 
 def main() -> None:
@@ -174,9 +182,7 @@ def main() -> None:
     for c, name in enumerate(names):
         columns[f"Dice {name}"] = lambda row, _, c=c: f"{row['dice'][c]:.3f}"
     for c, name in enumerate(names):
-        columns[f"HD95 {name} (cases missed)"] = lambda row, _, c=c: (
-            f"{row['hd95'][c]:.2f} ({row['missed'][c]})"
-        )
+        columns[f"HD95 {name} (cases missed)"] = lambda row, _, c=c: _distance(row, c)
     print(f"\n{len(train_items)} training cases, {len(test_items)} held-out cases, {args.minutes} min each\n")
     print_rows(rows, columns)
     write_json(args.json, rows)
