@@ -10,8 +10,8 @@ rebuilds it. Registered names:
 - ``attention_unet_3d_small``: as ``attention_unet_3d`` with ``init_features=8`` (CPU demo, tests).
 - ``monai_attention_unet``, ``monai_unet``: MONAI's ``AttentionUnet`` and ``UNet`` with the same widths
   (``init_features * 2**i``, ``i = 0..depth``), as baselines.
-- ``nnunet_plain_conv_unet``: nnU-Net's own ``PlainConvUNet`` (package ``dynamic-network-architectures``,
-  the ``bench`` extra), as nnU-Net plans it, as a baseline.
+- ``nnunet_plain_conv_unet``: nnU-Net's own ``PlainConvUNet`` (``pip install --no-deps
+  dynamic-network-architectures``), as nnU-Net plans it, as a baseline.
 
 Every preset's defaults can be overridden by keyword, e.g.
 ``create_network("attention_unet_3d", out_channels=3, attention="gate")``.
@@ -167,15 +167,15 @@ def nnunet_plain_conv_unet(
     ``max_features`` (320 in 3D, 512 in 2D for nnU-Net). The defaults are nnU-Net's 3d_fullres plan for
     MSD Hippocampus (4 stages, 32...256).
     """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"nnunet_plain_conv_unet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
     except ImportError:
         raise ImportError(
-            "nnunet_plain_conv_unet needs nnU-Net's network package: pip install 'attnunet[bench]' "
-            "(or pip install dynamic-network-architectures)"
+            "nnunet_plain_conv_unet needs nnU-Net's network package: pip install --no-deps "
+            "dynamic-network-architectures (--no-deps: its timm and torchvision would replace your torch)"
         ) from None
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"nnunet_plain_conv_unet: spatial_dims must be 2 or 3, got {spatial_dims!r}")
     stages = len(features)
     return PlainConvUNet(
         input_channels=in_channels,

@@ -54,7 +54,8 @@ def test_monai_baselines_have_matching_widths(name, cls):
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_nnunet_plain_conv_unet_is_nnunets_plan(spatial_dims):
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")  # .ci/run installs it
+    PlainConvUNet = unet.PlainConvUNet
 
     net = create_network(
         "nnunet_plain_conv_unet",
