@@ -21,7 +21,7 @@ goes to training, the same for every model.
 
 Run (the figures in README.md)::
 
-    python benchmarks/real_data.py --data ../shared/data/Task04_Hippocampus --minutes 4
+    python benchmarks/real_data.py --data ../shared/data/Task04_Hippocampus --minutes 5 --test-cases 20
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 
+import harness
 import torch
 from harness import print_rows, write_json
 from ignite.engine import Events
@@ -45,15 +46,8 @@ from attnunet.networks import create_network
 from attnunet.pipelines.datasets import discover_dataset, split_items
 from attnunet.transforms.presets import build_transforms
 
-# label -> (attnunet.networks registry name, kwargs beside spatial_dims / in_channels / out_channels)
-MODELS = {
-    "attnunet nonlocal": ("attention_unet", {"attention": "nonlocal"}),
-    "attnunet gate": ("attention_unet", {"attention": "gate"}),
-    "attnunet none": ("attention_unet", {"attention": "none"}),
-    "MONAI UNet": ("monai_unet", {}),
-    "MONAI AttentionUnet": ("monai_attention_unet", {}),
-    "nnU-Net PlainConvUNet": ("nnunet_plain_conv_unet", {}),
-}
+# the speed benchmarks' models, and nnU-Net's network at its own widths
+MODELS = {**harness.MODELS, "nnU-Net PlainConvUNet": ("nnunet_plain_conv_unet", {})}
 POLY_EXPONENT = 0.9  # nnU-Net's PolyLRScheduler
 
 
