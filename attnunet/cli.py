@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "attnunet.pipelines.demo",
         "write the embedded demo data, train, register, segment, report Dice",
     ),
+    "plan": (
+        "attnunet.pipelines.planning",
+        "fingerprint a dataset and write plan.json (patch, spacing, batch)",
+    ),
     "train": ("attnunet.pipelines.training", "train a network with MONAI engines, tracked in MLflow"),
     "infer": (
         "attnunet.pipelines.inference",

@@ -1,0 +1,206 @@
+"""``attnunet plan``: the dataset fingerprint and the rules that turn it into training settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from attnunet.cli import main
+from attnunet.pipelines.planning import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
+from attnunet.pipelines.validation import DataValidationError
+
+SHARED = Path(__file__).parents[2] / "shared" / "data"
+
+
+def write_msd(
+    root: Path,
+    shapes: list[tuple[int, ...]],
+    spacings: list[tuple[float, ...]],
+    *,
+    modality: dict | None = None,
+    intensity: tuple[float, float] = (0.0, 100.0),
+    labelled: bool = True,
+    channels: list[int] | None = None,
+) -> Path:
+    """An MSD folder of NIfTI cases: a cube of class 1 (and a slab of class 2) inside each volume."""
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, (shape, spacing) in enumerate(zip(shapes, spacings, strict=True)):
+        label = np.zeros(shape, dtype=np.uint8)
+        label[2:6, 2:6, 1:3] = 1
+        label[6:8, 2:6, 1:3] = 2
+        extra = () if not channels or channels[i] == 1 else (channels[i],)
+        image = rng.normal(*intensity, size=shape + extra).astype(np.float32)
+        image[label > 0] += 3 * intensity[1]
+        affine = np.diag([*spacing, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case_{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case_{i}.nii.gz")
+        entry = {"image": f"./imagesTr/case_{i}.nii.gz"}
+        if labelled or i:
+            entry["label"] = f"./labelsTr/case_{i}.nii.gz"
+        training.append(entry)
+    description = {
+        "labels": {"0": "background", "1": "head", "2": "tail"},
+        "modality": modality if modality is not None else {"0": "MRI"},
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root
+
+
+def test_isotropic_mr_plan(tmp_path):
+    root = write_msd(tmp_path / "mr", [(30, 40, 20), (34, 44, 24), (38, 48, 28)], [(1.0, 1.0, 1.0)] * 3)
+    plan = plan_dataset(root, device="cpu")
+    assert plan["format"] == PLAN_FORMAT and plan["cases"] == 3 and plan["preset"] == "mr"
+    assert plan["preset_source"] == "dataset"
+    assert plan["pixdim"] == [1.0, 1.0, 1.0] and plan["median_shape"] == [34, 44, 24]
+    # the smallest axis (24) pools twice before it would drop below 4 voxels... log2(24 / 4) = 2.58 -> 2
+    assert plan["depth"] == 2 and plan["network_kwargs"] == {"depth": 2, "init_features": 16}
+    assert plan["roi_size"] == [36, 44, 24]  # the median shape rounded up to multiples of 2**2
+    assert plan["normalisation"]["scheme"].startswith("z-score") and plan["preset_kwargs"] == {}
+    frequencies = {c["name"]: c["frequency"] for c in plan["classes"].values()}
+    assert set(frequencies) == {"background", "head", "tail"}
+    assert frequencies["head"] == pytest.approx(2 * frequencies["tail"], rel=1e-2)
+    assert sum(frequencies.values()) == pytest.approx(1.0, abs=1e-5)
+    assert plan["batch_size"] >= 1 and plan["sw_batch_size"] >= 1
+
+
+def test_anisotropic_spacing_takes_the_tenth_percentile_on_the_coarse_axis(tmp_path):
+    spacings = [(0.8, 0.8, z) for z in (5.0, 5.0, 4.0, 6.0, 2.0)]
+    root = write_msd(tmp_path / "aniso", [(20, 20, 8)] * 5, spacings)
+    plan = plan_dataset(root, device="cpu", sample_cases=1)
+    assert plan["median_spacing"] == [0.8, 0.8, 5.0]
+    assert plan["pixdim"] == [0.8, 0.8, pytest.approx(np.percentile([5, 5, 4, 6, 2], 10))]
+    assert plan["sampled_cases"] == 1
+
+
+def test_ct_window_comes_from_the_foreground_percentiles(tmp_path):
+    root = write_msd(
+        tmp_path / "ct", [(16, 16, 8)] * 2, [(1.0, 1.0, 2.0)] * 2, modality={"0": "CT"}, intensity=(-800, 50)
+    )
+    plan = plan_dataset(root, device="cpu")
+    # foreground voxels are normal(-800 + 150, 50): the 0.5 / 99.5 percentiles lie about 2.6 sd around -650
+    low, high = plan["preset_kwargs"]["a_min"], plan["preset_kwargs"]["a_max"]
+    assert plan["preset"] == "ct" and -850 < low < -700 and -600 < high < -450
+    assert plan["normalisation"]["percentile_00_5"] == low and abs(plan["normalisation"]["mean"] + 650) < 20
+
+
+def test_undeclared_modality_is_guessed_from_air(tmp_path):
+    root = write_msd(
+        tmp_path / "guess", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={}, intensity=(-1000, 5)
+    )
+    plan = plan_dataset(root, device="cpu")
+    assert plan["preset"] == "ct" and plan["preset_source"] == "intensities"
+
+
+def test_a_small_memory_budget_shrinks_the_patch_and_the_batch(tmp_path):
+    root = write_msd(tmp_path / "big", [(64, 64, 64)] * 2, [(1.0,) * 3] * 2)
+    roomy = plan_dataset(root, device="cpu")
+    tight = plan_dataset(root, device="cpu", memory_budget_gb=0.05)
+    assert roomy["roi_size"] == [64, 64, 64]
+    assert np.prod(tight["roi_size"]) < np.prod(roomy["roi_size"])
+    assert tight["estimated_gb_per_step"] <= roomy["estimated_gb_per_step"]
+    assert all(r % 2 ** tight["depth"] == 0 for r in tight["roi_size"])
+
+
+def test_overrides_replace_a_field_and_what_follows_from_it(tmp_path):
+    root = write_msd(tmp_path / "mr", [(30, 40, 20)] * 2, [(1.0,) * 3] * 2)
+    plan = plan_dataset(root, device="cpu", overrides={"pixdim": [2.0, 2.0, 2.0], "init_features": 8})
+    assert plan["median_shape"] == [15, 20, 10]  # re-derived from the overridden spacing
+    assert plan["network_kwargs"]["init_features"] == 8 and plan["overrides"] == ["init_features", "pixdim"]
+    fixed = plan_dataset(root, device="cpu", overrides={"roi_size": [32, 32, 16], "batch_size": 5})
+    assert fixed["roi_size"] == [32, 32, 16] and fixed["batch_size"] == 5 and fixed["depth"] == 2
+
+
+def test_unknown_override_is_refused_with_the_list(tmp_path):
+    root = write_msd(tmp_path / "mr", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2)
+    with pytest.raises(ValueError, match=r"cannot override \['patch'\].*roi_size"):
+        plan_dataset(root, overrides={"patch": [8, 8, 8]})
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="empty"):
+        plan_dataset(tmp_path / "empty")
+
+
+def test_case_without_label(tmp_path):
+    root = write_msd(tmp_path / "unlabelled", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, labelled=False)
+    with pytest.raises(DataValidationError, match=r"case_0\.nii\.gz: this case has no label"):
+        plan_dataset(root)
+
+
+def test_mixed_declared_modalities(tmp_path):
+    root = write_msd(tmp_path / "mixed", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={"0": "CT", "1": "T2"})
+    with pytest.raises(DataValidationError, match="different modalities"):
+        plan_dataset(root)
+
+
+def test_mixed_channel_counts(tmp_path):
+    root = write_msd(tmp_path / "channels", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, channels=[1, 2])
+    with pytest.raises(DataValidationError, match=r"case_1\.nii\.gz has 3 spatial dims and 2 channel.*mixes"):
+        plan_dataset(root)
+
+
+def test_unknown_modality_asks_for_a_preset(tmp_path):
+    root = write_msd(tmp_path / "pet", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={"0": "PET"})
+    with pytest.raises(DataValidationError, match="neither CT nor MR.*preset=ct"):
+        plan_dataset(root)
+    assert plan_dataset(root, overrides={"preset": "mr"})["preset_source"] == "override"
+
+
+def test_label_value_outside_the_classes(tmp_path):
+    root = write_msd(tmp_path / "values", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2)
+    label = root / "labelsTr" / "case_0.nii.gz"
+    data = np.asarray(nib.load(label).dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, nib.load(label).affine), label)
+    with pytest.raises(DataValidationError, match=r"case_0\.nii\.gz: label values \[7\]"):
+        plan_dataset(root)
+
+
+def test_save_load_and_bad_plan_files(tmp_path):
+    root = write_msd(tmp_path / "mr", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2)
+    plan = plan_dataset(root, device="cpu")
+    assert load_plan(save_plan(plan, tmp_path / "out" / "plan.json")) == plan
+    with pytest.raises(FileNotFoundError, match="attnunet plan DATA"):
+        load_plan(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json is not JSON"):
+        load_plan(tmp_path / "broken.json")
+    (tmp_path / "other.json").write_text('{"format": "something/1"}')
+    with pytest.raises(ValueError, match="not an attnunet plan"):
+        load_plan(tmp_path / "other.json")
+
+
+def test_cli_prints_the_table_and_writes_the_plan(tmp_path, capsys):
+    root = write_msd(tmp_path / "mr", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2)
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(root), "--output", str(out), "--device", "cpu", "--set", "overlap=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "patch" in printed and "class 2" in printed and "tail" in printed and str(out) in printed
+    assert load_plan(out)["overlap"] == 0.25
+    assert main(["plan", str(root), "--set", "overlap"]) == 2
+    assert "--set expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_format_plan_lists_every_class(tmp_path):
+    root = write_msd(tmp_path / "mr", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2)
+    table = format_plan(plan_dataset(root, device="cpu"))
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("class")] == ["0", "1", "2"]
+
+
+@pytest.mark.skipif(not (SHARED / "Task04_Hippocampus").is_dir(), reason="../shared/data is absent")
+def test_plans_the_shared_hippocampus_like_nnunet():
+    plan = plan_dataset(SHARED / "Task04_Hippocampus", device="cpu", sample_cases=4)
+    assert plan["cases"] >= 200 and plan["preset"] == "mr" and plan["pixdim"] == [1.0, 1.0, 1.0]
+    # nnU-Net's 3d_fullres plan for Task04: patch 40 x 56 x 40, three poolings
+    assert plan["roi_size"] == [40, 56, 40] and plan["depth"] == 3
+    assert [c["name"] for c in plan["classes"].values()] == ["background", "Anterior", "Posterior"]
+    assert all(0.01 < c["frequency"] < 0.05 for c in list(plan["classes"].values())[1:])
