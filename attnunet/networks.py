@@ -29,7 +29,7 @@ from torch import nn
 
 from attnunet.network import AttentionUNet
 
-__all__ = ["create_network", "list_networks", "register_network"]
+__all__ = ["create_network", "list_networks", "network_arguments", "register_network"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -61,6 +61,16 @@ def register_network(name: str) -> Callable[[Callable[..., nn.Module]], Callable
 def list_networks() -> list[str]:
     """The registered network names, sorted."""
     return sorted(_REGISTRY)
+
+
+def network_arguments(name: str) -> list[str]:
+    """The keyword arguments the network registered as ``name`` accepts.
+
+    Example:
+        >>> "init_features" in network_arguments("monai_unet")
+        True
+    """
+    return list(inspect.signature(look_up_option(name, _REGISTRY)).parameters)
 
 
 def create_network(name: str, **kwargs: object) -> nn.Module:

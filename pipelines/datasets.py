@@ -8,9 +8,12 @@
   ``imagesTr``/``images``/``input``/... and ``labelsTr``/``labels``/``masks``/...), volumes matched by
   case name (nnU-Net's ``case_0000.nii.gz`` channel suffix is understood);
 - a CSV file with ``image`` and ``label`` columns (paths relative to the CSV's folder or absolute);
-- the same two-folder layout with 2D PNG/TIFF/JPEG/BMP images and masks, the reference document's
+- the same two-folder layout with 2D PNG/TIFF/JPEG/BMP/GIF images and masks, the reference document's
   ``{'input', 'label'}`` dataset, loaded under the keys ``image``/``label`` (a mask may add ``_mask``,
-  ``_seg``, ``_label`` or ``_gt`` to the image's name).
+  ``_seg``, ``_label`` or ``_gt`` to the image's name, or share only its leading token: DRIVE's
+  ``21_training.tif`` and ``1st_manual/21_manual1.gif``); a ``mask/`` or ``fov/`` folder beside a
+  different label folder holds field-of-view masks (DRIVE's ``mask/21_training_mask.gif``), given as
+  ``item["fov"]``.
 
 Class names come from ``dataset.json``; otherwise volumes get ``class_<k>`` for each value found in the
 labels and 2D masks are binary.
@@ -47,7 +50,10 @@ __all__ = [
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
 IMAGE_FOLDERS = ("imagesTr", "images", "image", "img", "imgs", "input", "inputs")
-LABEL_FOLDERS = ("labelsTr", "labels", "label", "masks", "mask", "segmentations")
+# DRIVE's "1st_manual" (the first annotator's vessels) before "mask", which DRIVE uses for its
+# field-of-view masks
+LABEL_FOLDERS = ("labelsTr", "labels", "label", "1st_manual", "masks", "mask", "segmentations")
+FOV_FOLDERS = ("mask", "fov")  # 2D field-of-view masks beside the labels (DRIVE), as item["fov"]
 MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_gt")
 BINARY_LABELS = {"0": "background", "1": "foreground"}
 _logger = logging.getLogger(__name__)
@@ -137,6 +143,10 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     labels_by_name: dict[str, Path] = {}
     for label in _files(label_dir, IMAGE2D_SUFFIXES if is_2d else IMAGE_SUFFIXES):
         labels_by_name[case_name(label) if not is_2d else label.stem] = label
+    fov_dir = next(
+        (root / n for n in FOV_FOLDERS if is_2d and (root / n).is_dir() and root / n != label_dir), None
+    )
+    fovs_by_name = {p.stem: p for p in _files(fov_dir, IMAGE2D_SUFFIXES)} if fov_dir else {}
     items = []
     for image in images:
         name = image.stem if is_2d else case_name(image)
@@ -145,15 +155,34 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
             [name + s for s in MASK_SUFFIXES] if is_2d else [name] + ([channel[1]] if channel else [])
         )
         label = next((labels_by_name[c] for c in candidates if c in labels_by_name), None)
+        if label is None and is_2d:
+            label = _by_leading_token(name, labels_by_name)
         if label is None:
             raise DataValidationError(
                 f"image {image} has no label in {label_dir} (looked for {', '.join(candidates)} with an "
                 "image extension); add it or move the image out of the training folder"
             )
-        items.append({"image": str(image), "label": str(label)})
+        item = {"image": str(image), "label": str(label)}
+        fov = next((fovs_by_name[c] for c in candidates if c in fovs_by_name), None)
+        if fov_dir is not None and fov is None:
+            raise DataValidationError(
+                f"image {image} has no field-of-view mask in {fov_dir} (looked for "
+                f"{', '.join(candidates)}); add it or remove the folder"
+            )
+        if fov is not None:
+            item["fov"] = str(fov)
+        items.append(item)
     if is_2d:
         return DatasetIndex(items, dict(BINARY_LABELS), "image2d", root, layout="image2d")
     return DatasetIndex(items, _labels_from_values(items), "", root, layout="pairs")
+
+
+def _by_leading_token(name: str, candidates: dict[str, Path]) -> Path | None:
+    """The one candidate whose name starts with the same ``_``-separated token as ``name`` (DRIVE:
+    ``21_training`` -> ``21_manual1``), or None when there is none or more than one."""
+    token = name.split("_", 1)[0]
+    found = [path for key, path in candidates.items() if key.split("_", 1)[0] == token]
+    return found[0] if len(found) == 1 else None
 
 
 def _labels_from_values(items: list[dict[str, str]]) -> dict[str, str]:

@@ -21,7 +21,14 @@ from typing import NamedTuple
 import torch
 from monai.utils import look_up_option
 
-__all__ = ["DEVICE_CHOICES", "DevicePlan", "estimate_stitching_bytes", "fits_on_gpu", "choose_devices"]
+__all__ = [
+    "DEVICE_CHOICES",
+    "DevicePlan",
+    "estimate_stitching_bytes",
+    "fits_on_gpu",
+    "gpu_free_bytes",
+    "choose_devices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,19 @@ def estimate_stitching_bytes(spatial_shape: Sequence[int], in_channels: int, out
         raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
     voxels = math.prod(int(s) for s in spatial_shape)
     return voxels * (in_channels + out_channels) * _BYTES_PER_VALUE * _COPIES
+
+
+def gpu_free_bytes(device: torch.device) -> int:
+    """The GPU memory this process can still allocate on ``device``.
+
+    :func:`torch.cuda.mem_get_info` reports the device's free memory, which ignores a cap set with
+    :func:`torch.cuda.set_per_process_memory_fraction`; the allocator refuses anything past that cap,
+    so the smaller of the two is what a stitched volume may use.
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)
+    capped = int(fraction * total) - torch.cuda.memory_reserved(device)
+    return int(max(0, min(free, capped)))
 
 
 def fits_on_gpu(
@@ -138,7 +158,7 @@ def choose_devices(
         out_channels: channels of the network's output.
         sw_device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``: where each window goes through the network.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``: where the volume is kept and stitched.
-        free_bytes: free GPU memory in bytes; ``None`` asks :func:`torch.cuda.mem_get_info`. Given
+        free_bytes: free GPU memory in bytes; ``None`` asks :func:`gpu_free_bytes`. Given
             numbers make the choice reproducible (and testable without a GPU).
         memory_fraction: the share of the free GPU memory the stitched volume may take, in (0, 1].
 
@@ -171,7 +191,7 @@ def choose_devices(
         return DevicePlan(window_device, stitch_device, needed, None)
 
     if free_bytes is None:
-        free_bytes = int(torch.cuda.mem_get_info(window_device)[0])
+        free_bytes = gpu_free_bytes(window_device)
     fits = fits_on_gpu(
         spatial_shape,
         in_channels=in_channels,

@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from attnunet.transforms.headers import IMAGE2D_SUFFIXES  # the one table of 2D formats
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "IMAGE2D_SUFFIXES",
@@ -22,8 +24,6 @@ __all__ = [
 
 # Volume formats read by nibabel or SimpleITK; longest first so ".nii.gz" wins over ".gz".
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-# 2D image formats read by MONAI's PILReader (the "image2d" preset).
-IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def case_name(path: str | os.PathLike) -> str:

@@ -16,7 +16,7 @@ The rules (nnU-Net's, Isensee et al. 2021, adapted to a network that pools every
 - batch: as many patches as the memory budget holds, at least 2, at most the number covering 5% of
   the dataset's voxels (nnU-Net's cap);
 - normalisation: CT clips to the 0.5 / 99.5 percentiles of the foreground intensities (the CT preset's
-  window, scaled to [0, 1]); MR and 2D images are z-scored per case.
+  window, scaled to [0, 1]); MR is z-scored per case, 2D images scaled to [0, 1] per channel.
 
 Any field can be overridden (``overrides``, ``--set KEY=VALUE``); fields derived from an overridden one
 follow it (overriding ``pixdim`` re-derives the resampled shapes, the patch and the batch).
@@ -34,17 +34,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage
 
 from attnunet.atomic import atomic_output
 from attnunet.pipelines.datasets import DatasetIndex, discover_dataset
+from attnunet.pipelines.files import innermost_cause
 from attnunet.pipelines.validation import DataValidationError
-from attnunet.transforms.headers import read_header
+from attnunet.transforms.headers import loader_for, read_header
 
 __all__ = [
     "PLAN_FORMAT",
     "PLAN_FIELDS",
     "plan_dataset",
+    "plan_options",
     "save_plan",
     "load_plan",
     "format_plan",
@@ -168,13 +169,17 @@ def _voxel_statistics(
     """Foreground intensities (a bounded random sample per case), voxel counts per class, the files read."""
     positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
     rng = np.random.default_rng(seed)
-    load = LoadImage(image_only=True)
     counts = np.zeros(num_classes, dtype=np.int64)
     foreground: list[np.ndarray] = []
     for position in positions.astype(int):
         item = index.items[position]
-        image = np.asarray(load(item["image"]), dtype=np.float32)
-        label = np.asarray(load(item["label"]))
+        try:
+            image = np.asarray(loader_for(item["image"])(item["image"]), dtype=np.float32)
+            label = np.asarray(loader_for(item["label"])(item["label"]))
+        except Exception as error:  # MONAI wraps the reader's error; report the file and the cause
+            raise DataValidationError(
+                f"{item['image']} or its label {item['label']} cannot be read: {innermost_cause(error)}"
+            ) from None
         if index.layout == "image2d" or index.modality == "image2d":
             label = (label > 0).astype(
                 np.uint8
@@ -291,6 +296,11 @@ def plan_dataset(
     # inference keeps no activations for backward: about a third of the training step's per voxel
     sw_batch_size = int(overrides.get("sw_batch_size", max(1, min(8, int(3 * budget // per_sample)))))
 
+    network_kwargs: dict[str, Any] = {"depth": depth, "init_features": init_features}
+    if not device.startswith("cuda") and depth > 1:
+        # non-local attention at 1/2 resolution costs more than the rest of the network on a CPU
+        # (benchmarks/README.md); the coarser levels keep it
+        network_kwargs["attention_levels"] = list(range(2, depth + 1))
     if preset == "ct":
         low, high = (float(v) for v in np.percentile(intensities, [0.5, 99.5]))
         normalisation = {
@@ -301,6 +311,9 @@ def plan_dataset(
             "std": round(float(intensities.std()), 2),
         }
         preset_kwargs = {"a_min": round(low, 2), "a_max": round(high, 2)}
+    elif preset == "image2d":
+        normalisation = {"scheme": "each image scaled to [0, 1] per channel (min / max)"}
+        preset_kwargs = {}
     else:
         normalisation = {"scheme": "z-score per case (and channel) over its nonzero voxels"}
         preset_kwargs = {}
@@ -331,7 +344,7 @@ def plan_dataset(
         "roi_size": roi_size,
         "depth": depth,
         "init_features": init_features,
-        "network_kwargs": {"depth": depth, "init_features": init_features},
+        "network_kwargs": network_kwargs,
         "batch_size": batch_size,
         "num_samples": num_samples,
         "sw_batch_size": sw_batch_size,
@@ -345,6 +358,25 @@ def plan_dataset(
         "sampled_cases": len(sampled),
         "overrides": sorted(overrides),
     }
+
+
+# TrainConfig fields a plan sets (the rest keep their defaults or the user's values).
+TRAIN_FIELDS = ("preset", "pixdim", "roi_size", "batch_size", "num_samples", "sw_batch_size", "overlap")
+
+
+def plan_options(plan: Mapping[str, Any], network_parameters: Sequence[str] = ()) -> dict[str, Any]:
+    """The :class:`~attnunet.pipelines.training.TrainConfig` options ``plan`` sets.
+
+    Args:
+        plan: a plan from :func:`plan_dataset` or :func:`load_plan`.
+        network_parameters: the keyword arguments the chosen network accepts; the plan's depth and width
+            are passed only to a network that takes ``depth`` and ``init_features``.
+    """
+    options: dict[str, Any] = {name: plan[name] for name in TRAIN_FIELDS}
+    options["preset_kwargs"] = dict(plan["preset_kwargs"])
+    network_kwargs = {k: v for k, v in plan["network_kwargs"].items() if k in network_parameters}
+    options["network_kwargs"] = network_kwargs
+    return options
 
 
 def save_plan(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:

@@ -46,10 +46,11 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor, look_up_option, set_determinism
 
-from attnunet.networks import create_network
+from attnunet.networks import create_network, network_arguments
 from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from attnunet.pipelines.datasets import discover_dataset, make_dataset, split_items
 from attnunet.pipelines.overlays import save_overlay
+from attnunet.pipelines.planning import load_plan, plan_dataset, plan_options, save_plan
 from attnunet.pipelines.tracking import RunTracker, check_tracking_server, resolve_tracking_uri
 from attnunet.pipelines.validation import validate_items
 from attnunet.transforms.presets import build_transforms
@@ -62,6 +63,8 @@ __all__ = [
     "TrainResult",
     "add_arguments",
     "config_from_args",
+    "config_from_plan",
+    "epochs_within_budget",
     "run",
     "train",
 ]
@@ -119,6 +122,12 @@ class TrainConfig:
         sw_batch_size: windows per forward pass in sliding-window validation.
         overlap: sliding-window overlap in validation.
         progress: show a progress bar per epoch.
+        plan: the plan (:func:`attnunet.pipelines.planning.plan_dataset`) these options came from, if any;
+            it is saved as ``output/plan.json`` and logged to MLflow. :func:`config_from_plan` builds a
+            config from one.
+        time_budget: minutes the whole run (training and validation) may take; the first epoch is timed
+            and ``epochs`` is set to what fits, with the cosine schedule annealed to 0 at the last one.
+            None trains ``epochs`` epochs.
 
     Example:
         >>> config = TrainConfig(data="data/demo", output="runs/demo", roi_size=(64, 64, 32), epochs=2)
@@ -161,6 +170,8 @@ class TrainConfig:
     sw_batch_size: int = 4
     overlap: float = 0.25
     progress: bool = True
+    plan: dict[str, Any] | None = None
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         self.preset = look_up_option(self.preset, PRESETS)
@@ -188,6 +199,10 @@ class TrainConfig:
             raise ValueError(f"out_channels must be >= 1, got {self.out_channels}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be > 0 minutes, got {self.time_budget}")
+        if self.time_budget is not None and self.resume:
+            raise ValueError("time_budget cannot be combined with resume: the budget sizes a whole run")
 
 
 @dataclass
@@ -342,6 +357,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
+    started = time.perf_counter()  # the time budget counts from here: data checks and caching included
     output = Path(config.output)
     if not Path(config.data).exists():
         raise FileNotFoundError(f"--data {config.data} does not exist")
@@ -389,7 +405,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
             artifact_location=config.artifact_location,
         )
     try:
-        return _fit(config, rank, world, device, labels, train_items, val_items, resumed, tracker)
+        return _fit(config, rank, world, device, labels, train_items, val_items, resumed, tracker, started)
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -406,6 +422,7 @@ def _fit(
     val_items: list[dict],
     resumed: dict[str, Any] | None,
     tracker: RunTracker | None,
+    started: float,
 ) -> TrainResult:
     """Build datasets, network, engines and handlers, and run the trainer (rank-0 side effects only)."""
     output = Path(config.output)
@@ -559,10 +576,55 @@ def _fit(
             trainer, output_transform=lambda output: {"loss": output["loss"].item()}
         )
     ValidationHandler(validator=evaluator, interval=config.val_every, epoch_level=True).attach(trainer)
-    if config.epochs % config.val_every:  # validate after the last epoch as well
-        trainer.add_event_handler(
-            Events.EPOCH_COMPLETED(once=config.epochs), lambda engine: evaluator.run(engine.state.epoch)
-        )
+    validation_clock = {"started": 0.0, "seconds": 0.0}  # the last validation's duration
+
+    @evaluator.on(Events.STARTED)
+    def _start_validation(_: Engine) -> None:
+        validation_clock["started"] = time.perf_counter()
+
+    @evaluator.on(Events.COMPLETED)
+    def _finish_validation(_: Engine) -> None:
+        validation_clock["seconds"] = time.perf_counter() - validation_clock["started"]
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate_last_and_first(engine: Engine) -> None:
+        # after the last epoch, and after the first under a time budget (which times a validation)
+        epoch = engine.state.epoch
+        last = epoch == engine.state.max_epochs
+        if evaluator.state.epoch != epoch and (last or (epoch == 1 and config.time_budget is not None)):
+            evaluator.run(epoch)
+
+    if config.time_budget is not None:
+
+        @trainer.on(Events.EPOCH_COMPLETED(once=1))
+        def _size_to_the_budget(engine: Engine) -> None:
+            spent = time.perf_counter() - started
+            validation = validation_clock["seconds"]
+            epochs = epochs_within_budget(
+                60 * config.time_budget,
+                spent,
+                time.perf_counter() - epoch_stats["started"] - validation,
+                validation,
+                config.val_every,
+            )
+            engine.state.max_epochs = epochs
+            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
+            resolved.update(epochs=epochs)
+            resolved["time_budget_choice"] = {
+                "epochs": epochs,
+                "first_epoch_seconds": round(spent, 1),
+                "validation_seconds": round(validation, 1),
+            }
+            logger.info(
+                "time budget %.1f min: the first epoch took %.0f s (validation %.0f s) -> %d epochs",
+                config.time_budget,
+                spent,
+                validation,
+                epochs,
+            )
+            if rank == 0:
+                _write_config(output, resolved, tracker)
 
     @trainer.on(Events.EPOCH_COMPLETED)  # after validation: handlers run in the order they are added
     def _record_epoch(engine: Engine) -> None:
@@ -609,9 +671,12 @@ def _fit(
 
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        if tracker is not None:
-            tracker.log_config(resolved)
+        if config.plan is not None:
+            plan_path = save_plan(config.plan, output / "plan.json")
+            if tracker is not None:
+                tracker.log_artifact(plan_path, artifact_path="plan")
+        # under a time budget the config is logged once the number of epochs is chosen
+        _write_config(output, resolved, tracker if config.time_budget is None else None)
     trainer.run()
 
     result = TrainResult(
@@ -627,6 +692,32 @@ def _fit(
     if tracker is not None:
         _finish_run(result, tracker, val_ds, config, register=config.register, alias=config.alias)
     return result
+
+
+def epochs_within_budget(
+    budget_seconds: float, spent: float, epoch_seconds: float, validation_seconds: float, val_every: int
+) -> int:
+    """How many epochs (the first, already run, included) end within ``budget_seconds``.
+
+    ``spent`` seconds have passed (setup and the first epoch with its validation); every further epoch
+    costs ``epoch_seconds`` plus a validation every ``val_every`` epochs. Kept in reserve: one more
+    validation (after the last epoch), the same again for logging the model, and 5% of the budget for
+    the jitter of the epoch time.
+
+    Example:
+        >>> epochs_within_budget(600, spent=70, epoch_seconds=50, validation_seconds=10, val_every=1)
+        9
+    """
+    reserve = 2 * validation_seconds + 0.05 * budget_seconds
+    per_epoch = max(epoch_seconds + validation_seconds / val_every, 1e-6)
+    return 1 + max(0, int((budget_seconds - spent - reserve) // per_epoch))
+
+
+def _write_config(output: Path, resolved: dict[str, Any], tracker: RunTracker | None) -> None:
+    """Write the resolved config beside the checkpoints (and log it to MLflow when tracking)."""
+    (output / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    if tracker is not None:
+        tracker.log_config(resolved)
 
 
 def _finish_run(
@@ -681,16 +772,46 @@ def _key_values(pairs: Sequence[str] | None, option: str) -> dict[str, Any]:
     return parsed
 
 
+def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
+    """A :class:`TrainConfig` whose options not given in ``options`` come from ``plan``.
+
+    ``network_kwargs`` and ``preset_kwargs`` are merged key by key (``options`` win); the plan's
+    preset options are dropped when ``options`` choose another preset.
+
+    Example:
+        >>> config = config_from_plan(load_plan("plan.json"), data="Task04", output="run")  # doctest: +SKIP
+    """
+    network = options.get("network", TrainConfig.network)
+    planned = plan_options(plan, network_arguments(network))
+    if options.get("preset", plan["preset"]) != plan["preset"]:
+        planned["preset_kwargs"] = {}
+    merged = {**planned, **options}
+    merged["network_kwargs"] = {**planned["network_kwargs"], **options.get("network_kwargs", {})}
+    merged["preset_kwargs"] = {**planned["preset_kwargs"], **options.get("preset_kwargs", {})}
+    return TrainConfig(plan=dict(plan), **merged)
+
+
+# options a plan sets: the command line leaves them None unless given
+_PLANNED = ("preset", "roi_size", "pixdim", "batch_size", "num_samples", "sw_batch_size", "overlap")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``attnunet train`` (one per :class:`TrainConfig` field)."""
+    """Options of ``attnunet train`` (one per :class:`TrainConfig` field, and ``--plan``)."""
     defaults = TrainConfig(data="", output="")
     parser.add_argument(
         "--data", required=True, help="dataset: MSD folder with dataset.json, image/label folders, CSV"
     )
     parser.add_argument("--output", required=True, help="folder for checkpoints, config and overlays")
     parser.add_argument(
-        "--preset", default=defaults.preset, choices=PRESETS, help="transform preset (default: %(default)s)"
+        "--plan",
+        default="auto",
+        help="plan.json to take the unset options from; 'auto' (default): plan DATA now (with --resume: "
+        "OUTPUT/plan.json); 'none': the built-in defaults",
     )
+    parser.add_argument(
+        "--time-budget", type=float, metavar="MINUTES", help="size the schedule so the run ends within it"
+    )
+    parser.add_argument("--preset", choices=PRESETS, help=f"transform preset (no plan: {defaults.preset})")
     parser.add_argument(
         "--network", default=defaults.network, help="network preset name (default: %(default)s)"
     )
@@ -711,13 +832,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N epochs")
     parser.add_argument(
-        "--roi-size", type=int, nargs="+", default=list(defaults.roi_size), help="patch size (2 or 3 ints)"
+        "--roi-size", type=int, nargs="+", help=f"patch size, 2 or 3 ints (no plan: {defaults.roi_size})"
     )
     parser.add_argument(
         "--pixdim", type=float, nargs="+", help="target spacing in mm (default: keep each image's)"
     )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
-    parser.add_argument("--num-samples", type=int, default=defaults.num_samples, help="patches per image")
+    parser.add_argument("--batch-size", type=int, help=f"images per batch (no plan: {defaults.batch_size})")
+    parser.add_argument(
+        "--num-samples", type=int, help=f"patches per image (no plan: {defaults.num_samples})"
+    )
     parser.add_argument(
         "--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)"
     )
@@ -756,9 +879,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA"
     )
     parser.add_argument(
-        "--sw-batch-size", type=int, default=defaults.sw_batch_size, help="windows per forward pass"
+        "--sw-batch-size", type=int, help=f"windows per forward pass (no plan: {defaults.sw_batch_size})"
     )
-    parser.add_argument("--overlap", type=float, default=defaults.overlap, help="sliding-window overlap")
+    parser.add_argument("--overlap", type=float, help=f"sliding-window overlap (no plan: {defaults.overlap})")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -767,9 +890,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)
     }
+    options = {k: v for k, v in options.items() if not (k in _PLANNED and v is None) and k != "plan"}
     options["network_kwargs"] = _key_values(args.network_option, "--network-option")
     options["preset_kwargs"] = _key_values(args.preset_option, "--preset-option")
-    return TrainConfig(**options)
+    if args.plan == "none":
+        return TrainConfig(**options)
+    saved = Path(args.output) / "plan.json"
+    if args.plan != "auto":
+        plan = load_plan(args.plan)
+    elif args.resume and saved.is_file():
+        plan = load_plan(saved)
+    else:
+        plan = plan_dataset(args.data, device=args.device)
+    return config_from_plan(plan, **options)
 
 
 def run(args: argparse.Namespace) -> int:

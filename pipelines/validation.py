@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from monai.transforms import LoadImage
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader: DICOM folders, NRRD, MHA)
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES, ImageHeader, read_header
+from attnunet.transforms.headers import IMAGE2D_SUFFIXES, ImageHeader, loader_for, read_header
 
 __all__ = ["DataValidationError", "validate_items"]
 
@@ -92,19 +91,19 @@ def _check_headers(item: Mapping, require_label: bool, in_channels: int | None, 
         )
 
 
-def _load(load: LoadImage, path: str, role: str, problems: list[str]) -> np.ndarray | None:
+def _load(path: str, role: str, problems: list[str]) -> np.ndarray | None:
     try:
-        return np.asarray(load(path))
+        return np.asarray(loader_for(path)(path))
     except Exception as error:  # any decoding failure means the same thing here: the file is unusable
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         problems.append(f"{role} {path} cannot be read (truncated or corrupt: {reason}); replace the file")
         return None
 
 
-def _check_values(item: Mapping, classes: set[int] | None, load: LoadImage, problems: list[str]) -> None:
+def _check_values(item: Mapping, classes: set[int] | None, problems: list[str]) -> None:
     for role in ("image", "label"):
         path = item.get(role)
-        data = _load(load, str(path), role, problems) if path else None
+        data = _load(str(path), role, problems) if path else None
         if data is None:
             continue
         bad = ~np.isfinite(data)
@@ -162,8 +161,7 @@ def validate_items(
     if not check_values:
         return
     classes = {int(k) for k in labels} if labels is not None else None
-    load = LoadImage(image_only=True)
     for item in items:
-        _check_values(item, classes, load, problems)
+        _check_values(item, classes, problems)
     if problems:
         raise DataValidationError(problems)

@@ -101,6 +101,52 @@ def test_2d_images_and_masks(tmp_path):
     assert [Path(i["label"]).name for i in index.items] == ["a_mask.png", "b_mask.png"]
 
 
+def write_drive(root: Path, cases=("21", "22"), fov: bool = True) -> Path:
+    """DRIVE's layout: images/NN_training.tif (RGB), 1st_manual/NN_manual1.gif, mask/NN_training_mask.gif."""
+    for folder in ("images", "1st_manual") + (("mask",) if fov else ()):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for case in cases:
+        Image.fromarray(rng.integers(0, 255, (20, 18, 3), dtype=np.uint8)).save(
+            root / "images" / f"{case}_training.tif"
+        )
+        vessels = np.zeros((20, 18), np.uint8)
+        vessels[5:15, 8:10] = 255
+        Image.fromarray(vessels).save(root / "1st_manual" / f"{case}_manual1.gif")
+        if fov:
+            Image.fromarray(np.full((20, 18), 255, np.uint8)).save(
+                root / "mask" / f"{case}_training_mask.gif"
+            )
+    return root
+
+
+def test_drive_layout_gives_vessels_as_labels_and_the_field_of_view(tmp_path):
+    index = discover_dataset(write_drive(tmp_path / "DRIVE"))
+    assert index.layout == "image2d" and len(index.items) == 2
+    item = index.items[0]
+    assert Path(item["image"]).name == "21_training.tif"
+    assert Path(item["label"]).name == "21_manual1.gif"  # not mask/, which DRIVE uses for the field of view
+    assert Path(item["fov"]).name == "21_training_mask.gif"
+    # the presets read GIF and TIFF with PIL: the 0/255 vessel mask becomes a 0/1 label
+    sample = build_transforms("image2d", "val")(item)
+    assert sample["image"].shape == (3, 18, 20) and set(np.unique(sample["label"].numpy())) == {0.0, 1.0}
+
+
+def test_drive_without_a_field_of_view_mask_is_named(tmp_path):
+    root = write_drive(tmp_path / "DRIVE")
+    (root / "mask" / "22_training_mask.gif").unlink()
+    with pytest.raises(DataValidationError, match=r"22_training\.tif has no field-of-view mask"):
+        discover_dataset(root)
+    assert "fov" not in discover_dataset(write_drive(tmp_path / "plain", fov=False)).items[0]
+
+
+def test_leading_token_match_must_be_unique(tmp_path):
+    root = write_drive(tmp_path / "DRIVE", fov=False)
+    shutil.copy(root / "1st_manual" / "21_manual1.gif", root / "1st_manual" / "21_manual2.gif")
+    with pytest.raises(DataValidationError, match=r"21_training\.tif has no label"):
+        discover_dataset(root)
+
+
 def test_missing_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         discover_dataset(tmp_path / "nowhere")

@@ -36,7 +36,7 @@ def _torchrun_train(demo_dataset, folder):
         "--output", str(output), "--epochs", "1", "--roi-size", "32", "32", "16", "--batch-size", "1",
         "--num-samples", "1", "--val-fraction", "0.5", "--network-option", "init_features=4",
         "--network-option", "depth=3", "--device", "cpu", "--no-progress", "--tracking-uri", tracking_uri,
-        "--experiment", "ddp", "--sw-batch-size", "2",
+        "--experiment", "ddp", "--sw-batch-size", "2", "--plan", "none",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=folder)

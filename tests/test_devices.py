@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attnunet.pipelines.devices import choose_devices, estimate_stitching_bytes, fits_on_gpu
+from attnunet.pipelines.devices import choose_devices, estimate_stitching_bytes, fits_on_gpu, gpu_free_bytes
 
 CUDA = torch.cuda.is_available()
 GIB = 2**30
@@ -105,3 +105,15 @@ def test_forced_stitching_device_ignores_free_memory():
     assert plan.sw_device.type == "cuda" and plan.device == torch.device("cpu")
     plan = choose_devices(CT_SCAN, in_channels=1, out_channels=3, device="cuda", free_bytes=0)
     assert plan.device.type == "cuda"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_free_bytes_respects_the_per_process_cap():
+    device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.mem_get_info(device)[1]
+    try:
+        torch.cuda.set_per_process_memory_fraction(0.01, device)
+        assert gpu_free_bytes(device) <= 0.01 * total  # mem_get_info alone would report nearly all of it
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    assert gpu_free_bytes(device) > 0.01 * total

@@ -258,17 +258,6 @@ def test_explicit_cpu_devices_match_auto(threshold_bundle, checkpoint, tmp_path)
     assert np.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_windows_with_cpu_stitching_match_gpu_stitching(checkpoint, tmp_path):
-    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=6), oblique_affine())
-    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False, "sw_device": "cuda"}
-    infer(image, tmp_path / "gpu", device="cuda", **options)
-    infer(image, tmp_path / "cpu", device="cpu", **options)
-    a = read(tmp_path / "gpu" / "probabilities" / "scan.nii.gz")[0]
-    b = read(tmp_path / "cpu" / "probabilities" / "scan.nii.gz")[0]
-    assert np.allclose(a, b, atol=1e-3)
-
-
 def test_load_model_from_the_template_bundle(tmp_path):
     bundle = tmp_path / "attention_unet"
     shutil.copytree(bundle_template_dir(), bundle)

@@ -61,7 +61,11 @@ def test_isotropic_mr_plan(tmp_path):
     assert plan["preset_source"] == "dataset"
     assert plan["pixdim"] == [1.0, 1.0, 1.0] and plan["median_shape"] == [34, 44, 24]
     # the smallest axis (24) pools twice before it would drop below 4 voxels... log2(24 / 4) = 2.58 -> 2
-    assert plan["depth"] == 2 and plan["network_kwargs"] == {"depth": 2, "init_features": 16}
+    assert plan["depth"] == 2 and plan["network_kwargs"] == {
+        "depth": 2,
+        "init_features": 16,
+        "attention_levels": [2],  # on a CPU, not at 1/2 resolution
+    }
     assert plan["roi_size"] == [36, 44, 24]  # the median shape rounded up to multiples of 2**2
     assert plan["normalisation"]["scheme"].startswith("z-score") and plan["preset_kwargs"] == {}
     frequencies = {c["name"]: c["frequency"] for c in plan["classes"].values()}
@@ -204,3 +208,12 @@ def test_plans_the_shared_hippocampus_like_nnunet():
     assert plan["roi_size"] == [40, 56, 40] and plan["depth"] == 3
     assert [c["name"] for c in plan["classes"].values()] == ["background", "Anterior", "Posterior"]
     assert all(0.01 < c["frequency"] < 0.05 for c in list(plan["classes"].values())[1:])
+
+
+@pytest.mark.skipif(not (SHARED / "DRIVE" / "training").is_dir(), reason="../shared/data is absent")
+def test_plans_the_shared_drive_images():
+    plan = plan_dataset(SHARED / "DRIVE" / "training", device="cpu", sample_cases=2)
+    assert (plan["cases"], plan["preset"], plan["spatial_dims"], plan["channels"]) == (20, "image2d", 2, 3)
+    assert plan["pixdim"] is None and plan["median_shape"] == [565, 584]
+    assert plan["roi_size"] == [576, 608] and plan["depth"] == 5  # whole images, multiples of 2**5
+    assert 0.05 < plan["classes"]["1"]["frequency"] < 0.15  # vessels: about 9% of the pixels

@@ -132,3 +132,10 @@ def test_monai_config_parser_instantiates_the_network(config):
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, AttentionUNet)
     assert net.eval()(torch.randn(1, 1, 9, 8, 7)).shape == (1, 3, 9, 8, 7)
+
+
+def test_network_arguments_lists_what_a_builder_accepts():
+    assert {"init_features", "depth", "attention_levels"} <= set(registry.network_arguments("attention_unet"))
+    assert "init_features" not in registry.network_arguments("nnunet_plain_conv_unet")
+    with pytest.raises(ValueError, match="attention_unet"):
+        registry.network_arguments("attention_unt")

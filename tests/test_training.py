@@ -18,7 +18,8 @@ from mlflow_server import free_port
 
 from attnunet.cli import main
 from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
-from attnunet.pipelines.training import TrainConfig, train
+from attnunet.pipelines.planning import load_plan
+from attnunet.pipelines.training import TrainConfig, epochs_within_budget, train
 
 TINY = {
     "roi_size": (32, 32, 16),
@@ -52,6 +53,8 @@ ILL_CASES = [
     ({"preset": "petct"}, "petct"),
     ({"cache": "ram"}, "ram"),
     ({"scheduler": "step"}, "step"),
+    ({"time_budget": 0}, "time_budget must be > 0"),
+    ({"time_budget": 5, "resume": True}, "time_budget cannot be combined with resume"),
 ]
 
 
@@ -173,7 +176,7 @@ def test_cli_trains_with_the_options_given(demo_dataset, tmp_path, capsys):
         "--roi-size", "32", "32", "16", "--pixdim", "3", "3", "6", "--epochs", "1", "--batch-size", "2",
         "--num-samples", "1", "--val-fraction", "0.5", "--network-option", "init_features=4",
         "--network-option", "depth=3", "--preset-option", "a_min=-200", "--scheduler", "constant",
-        "--lr", "0.002",
+        "--lr", "0.002", "--plan", "none",
     )  # fmt: skip
     assert main(args) == 0
     assert "best mean Dice" in capsys.readouterr().out
@@ -181,3 +184,59 @@ def test_cli_trains_with_the_options_given(demo_dataset, tmp_path, capsys):
     assert config["preset_kwargs"] == {"a_min": -200}
     assert config["network_kwargs"] == {"init_features": 4, "depth": 3}
     assert (config["pixdim"], config["lr"], config["scheduler"]) == ([3.0, 3.0, 6.0], 0.002, "constant")
+
+
+def test_cli_with_only_data_and_output_trains_from_a_plan_saved_beside_the_run(demo_dataset, tmp_path):
+    output = tmp_path / "planned"
+    args = _cli("--data", str(demo_dataset), "--output", str(output), "--no-track", "--epochs", "1")
+    assert main(args) == 0
+    plan = load_plan(output / "plan.json")
+    config = load_checkpoint(output / "checkpoints" / "last.pt")["config"]
+    assert config["plan"] == plan and plan["dataset"] == str(demo_dataset)
+    for field in ("preset", "roi_size", "pixdim", "batch_size", "num_samples", "sw_batch_size", "overlap"):
+        assert config[field] == plan[field], field
+    assert config["network_kwargs"] == plan["network_kwargs"]
+    # an option given on the command line wins over the plan, key by key for the network's options
+    args = _cli(
+        "--data", str(demo_dataset), "--output", str(tmp_path / "mixed"), "--no-track", "--epochs", "1",
+        "--plan", str(output / "plan.json"), "--overlap", "0.1", "--network-option", "init_features=4",
+    )  # fmt: skip
+    assert main(args) == 0
+    mixed = load_checkpoint(tmp_path / "mixed" / "checkpoints" / "last.pt")["config"]
+    assert mixed["overlap"] == 0.1 and mixed["roi_size"] == plan["roi_size"]
+    assert mixed["network_kwargs"] == {**plan["network_kwargs"], "init_features": 4}
+
+
+def test_cli_refuses_a_plan_that_is_not_one(demo_dataset, tmp_path, capsys):
+    (tmp_path / "plan.json").write_text("[]")
+    args = _cli(
+        "--data", str(demo_dataset), "--output", str(tmp_path / "o"), "--plan", str(tmp_path / "plan.json")
+    )
+    assert main(args) == 2
+    assert "is not an attnunet plan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "spent, epoch_seconds, validation_seconds, val_every, expected",
+    [
+        (70, 50, 10, 1, 9),  # (600 - 70 - 2 * 10 - 30) // 60 = 8 more
+        (70, 50, 10, 5, 10),  # (600 - 70 - 2 * 10 - 30) // (50 + 10 / 5) = 9 more
+        (590, 50, 10, 1, 1),  # the first epoch already used the budget: it is the only one
+        (0, 0.0, 0.0, 1, 1 + int(570 / 1e-6)),
+    ],
+)
+def test_epochs_within_budget(spent, epoch_seconds, validation_seconds, val_every, expected):
+    assert epochs_within_budget(600, spent, epoch_seconds, validation_seconds, val_every) == expected
+
+
+def test_time_budget_chooses_the_epochs_and_anneals_to_the_last(demo_dataset, tmp_path):
+    result = train(tiny_config(demo_dataset, tmp_path / "budget", epochs=1000, val_every=3, time_budget=0.25))
+    choice = result.config["time_budget_choice"]
+    assert 1 <= result.epochs == choice["epochs"] == result.config["epochs"] < 1000
+    assert choice["first_epoch_seconds"] > 0 and choice["validation_seconds"] > 0
+    last = load_checkpoint(result.last_checkpoint)
+    assert last["scheduler"]["T_max"] == result.epochs and last["scheduler"]["_last_lr"][0] == pytest.approx(
+        0.0
+    )
+    assert "val_mean_dice" in result.history[0] and "val_mean_dice" in result.history[-1]  # first and last
+    assert json.loads((tmp_path / "budget" / "config.json").read_text())["time_budget_choice"] == choice

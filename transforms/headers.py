@@ -15,16 +15,23 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
+from monai.data import PILReader
 from monai.data.utils import orientation_ras_lps
+from monai.transforms import LoadImage
+from monai.utils import optional_import
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 
 from attnunet.transforms.readers import list_dicom_series, sitk_affine
 
-__all__ = ["ImageHeader", "read_header", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
+# SimpleITK (NRRD, MHA, DICOM series) is optional where only NIfTI and 2D files are read, e.g. the
+# GPU check: its first use raises an error saying to install it.
+sitk, _ = optional_import("SimpleITK")
 
-IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+__all__ = ["ImageHeader", "read_header", "loader_for", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
+
+# 2D formats, read by PIL (MONAI's PILReader in the "image2d" preset); GIF for DRIVE's masks
+IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -137,6 +144,13 @@ def _pil_header(path: Path) -> ImageHeader:
     return ImageHeader(
         path=path, spatial_shape=(width, height), channels=channels, affine=np.eye(3), dtype=dtype
     )
+
+
+def loader_for(path: str | os.PathLike) -> LoadImage:
+    """MONAI's ``LoadImage`` (array only) with the reader the presets use for ``path``: PIL for the 2D
+    formats (MONAI picks no reader for TIFF or GIF by itself), MONAI's choice by suffix otherwise."""
+    is_2d = str(path).lower().endswith(IMAGE2D_SUFFIXES)
+    return LoadImage(reader=PILReader() if is_2d else None, image_only=True)
 
 
 def read_header(path: str | os.PathLike) -> ImageHeader:

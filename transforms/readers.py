@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from monai.config import PathLike
 from monai.data import ImageReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import is_supported_format, orientation_ras_lps
 from monai.transforms.io.array import SUPPORTED_READERS
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple, optional_import
+
+# SimpleITK (NRRD, MHA, DICOM series) is optional where only NIfTI and 2D files are read, e.g. the
+# GPU check: its first use raises an error saying to install it.
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = ["SimpleITKReader", "DicomSeries", "list_dicom_series", "sitk_affine", "SIMPLEITK_SUFFIXES"]
 
