@@ -27,7 +27,10 @@ from attnunet.networks import create_network
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
-CHECKPOINT_FORMAT = "attnunet-checkpoint/1"
+CHECKPOINT_FORMAT = "attnunet-checkpoint/2"
+# Format 1 named ``attention_unet_3d_small`` when it had 8 features; format 2 since the preset has 16
+# (8 lost a class on real MR, issue 10). Upgrading a format-1 checkpoint spells its width out.
+_UPGRADES = {"attnunet-checkpoint/1": {"attention_unet_3d_small": {"init_features": 8}}}
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
@@ -57,12 +60,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(
             f"checkpoint {path} cannot be read (truncated or not a torch file): {error}"
         ) from None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") in _UPGRADES:
+        checkpoint = _upgrade(checkpoint)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint {path} is not an attnunet checkpoint (expected a dict with format "
             f"{CHECKPOINT_FORMAT!r}); train with 'attnunet train' or export a bundle model instead"
         )
     return checkpoint
+
+
+def _upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """An older checkpoint in today's format: the preset defaults it relied on written into its spec."""
+    defaults = _UPGRADES[checkpoint["format"]].get(checkpoint.get("network", {}).get("name"), {})
+    network = dict(checkpoint["network"])
+    network["kwargs"] = {**defaults, **network["kwargs"]}
+    return {**checkpoint, "format": CHECKPOINT_FORMAT, "network": network}
 
 
 def model_from_checkpoint(

@@ -35,7 +35,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import LoadImage
 from monai.utils import look_up_option
 
-from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name
+from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name, match_by_leading_token
 from attnunet.pipelines.validation import DataValidationError
 from attnunet.transforms.headers import IMAGE2D_SUFFIXES, read_header
 
@@ -156,7 +156,7 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
         )
         label = next((labels_by_name[c] for c in candidates if c in labels_by_name), None)
         if label is None and is_2d:
-            label = _by_leading_token(name, labels_by_name)
+            label = match_by_leading_token(name, labels_by_name)
         if label is None:
             raise DataValidationError(
                 f"image {image} has no label in {label_dir} (looked for {', '.join(candidates)} with an "
@@ -164,6 +164,8 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
             )
         item = {"image": str(image), "label": str(label)}
         fov = next((fovs_by_name[c] for c in candidates if c in fovs_by_name), None)
+        if fov is None and fovs_by_name:
+            fov = match_by_leading_token(name, fovs_by_name)
         if fov_dir is not None and fov is None:
             raise DataValidationError(
                 f"image {image} has no field-of-view mask in {fov_dir} (looked for "
@@ -175,14 +177,6 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     if is_2d:
         return DatasetIndex(items, dict(BINARY_LABELS), "image2d", root, layout="image2d")
     return DatasetIndex(items, _labels_from_values(items), "", root, layout="pairs")
-
-
-def _by_leading_token(name: str, candidates: dict[str, Path]) -> Path | None:
-    """The one candidate whose name starts with the same ``_``-separated token as ``name`` (DRIVE:
-    ``21_training`` -> ``21_manual1``), or None when there is none or more than one."""
-    token = name.split("_", 1)[0]
-    found = [path for key, path in candidates.items() if key.split("_", 1)[0] == token]
-    return found[0] if len(found) == 1 else None
 
 
 def _labels_from_values(items: list[dict[str, str]]) -> dict[str, str]:

@@ -41,9 +41,9 @@ logger = logging.getLogger(__name__)
 # Chosen for the demo data (64 x 64 x 32 voxels at 1.5 x 1.5 x 3 mm) and a 2-core CPU: its own spacing,
 # 48 x 48 x 32 patches, instance norm, three levels with the non-local attention on the two coarsest
 # (at 1/2 resolution it costs more than the rest of the network on a CPU), enough epochs for a mean
-# Dice >= 0.85 on the held-out cases in < 5 min. 16 features, not the preset's 8: with 8, the 1x1 output
-# convolution sees so few inputs that Adam grows the logits slowly, and from some seeds training settled
-# on predicting no lesion (or only background); with 16, seeds 0-2 ended at validation Dice 0.89-0.93.
+# Dice >= 0.85 on the held-out cases in < 5 min. 16 features (the preset's): with 8, the full-resolution
+# stage that feeds the 1x1 head was too narrow and from some seeds training settled on predicting no
+# lesion (issue 10 found the same on real MR); with 16, seeds 0-2 ended at validation Dice 0.89-0.93.
 DEMO_SETTINGS: dict[str, Any] = {
     "preset": "ct",
     "network": "attention_unet_3d_small",

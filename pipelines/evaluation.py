@@ -33,12 +33,19 @@ import torch
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.networks.utils import one_hot
-from monai.transforms import LoadImage
 from tqdm import tqdm
 
 import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
 from attnunet.atomic import atomic_output, refuse_existing
-from attnunet.pipelines.files import IMAGE_SUFFIXES, case_name, innermost_cause, list_images
+from attnunet.pipelines.files import (
+    IMAGE2D_SUFFIXES,
+    IMAGE_SUFFIXES,
+    case_name,
+    innermost_cause,
+    list_images,
+    match_by_leading_token,
+)
+from attnunet.transforms.headers import loader_for
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
 
@@ -55,7 +62,8 @@ def _image_files(source: str | os.PathLike | Sequence[str | os.PathLike], what: 
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).exists():
             raise FileNotFoundError(f"{what} {source} does not exist")
-        files = list_images(source) if Path(source).is_dir() else [Path(source)]
+        suffixes = IMAGE_SUFFIXES + IMAGE2D_SUFFIXES
+        files = list_images(source, suffixes) if Path(source).is_dir() else [Path(source)]
     else:
         files = [Path(path) for path in source]
     cases: dict[str, Path] = {}
@@ -70,11 +78,11 @@ def _image_files(source: str | os.PathLike | Sequence[str | os.PathLike], what: 
 
 
 def _class_table(
-    class_names: Mapping[Any, str] | Sequence[str] | None, label_files: Mapping[str, Path], loader: LoadImage
+    class_names: Mapping[Any, str] | Sequence[str] | None, label_files: Mapping[str, Path]
 ) -> dict[int, str]:
     """Index -> name of every class, background at 0 (from ``class_names``, else the label values)."""
     if class_names is None:
-        highest = max(int(_read(loader, path).max()) for path in label_files.values())
+        highest = max(int(_read(path, mask=True).max()) for path in label_files.values())
         return {index: f"class_{index}" if index else "background" for index in range(max(highest, 1) + 1)}
     table = (
         {int(index): str(name) for index, name in class_names.items()}
@@ -89,19 +97,27 @@ def _class_table(
     return table
 
 
-def _read(loader: LoadImage, path: Path) -> MetaTensor:
-    """Read a label map; a failure names the file and its first cause, not MONAI's wrapper."""
+def _read(path: Path, *, mask: bool = False) -> MetaTensor:
+    """Read a label map (channel first); a failure names the file and its first cause, not MONAI's
+    wrapper. A 2D ``mask`` (PNG, GIF, ...) is binarised at half its range, as the 2D preset does, so
+    0/255 masks compare with 0/1 predictions."""
     try:
-        return loader(path)
+        image = loader_for(path, mask=mask, ensure_channel_first=True)(path)
     except Exception as error:  # each reader raises its own type (nibabel ImageFileError, OSError, ...)
         raise ValueError(f"{path} cannot be read: {innermost_cause(error)}") from error
+    if mask and str(path).lower().endswith(IMAGE2D_SUFFIXES) and image.max() > 1:
+        image = (image >= 128).to(torch.uint8)
+    return image
 
 
 def _mismatch(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> str | None:
     """Why a prediction cannot be compared with its label, or None."""
     if prediction.shape != label.shape:
         return f"shape {tuple(prediction.shape[1:])} differs from the label's {tuple(label.shape[1:])}"
-    difference = float(np.abs(np.asarray(prediction.affine) - np.asarray(label.affine)).max())
+    geometry = prediction.affine.shape == label.affine.shape  # 2D picture labels carry no geometry
+    difference = (
+        float(np.abs(np.asarray(prediction.affine) - np.asarray(label.affine)).max()) if geometry else 0.0
+    )
     if difference > _AFFINE_TOLERANCE:
         return f"affine differs from the label's (largest difference {difference:.4g})"
     for what, image in (("prediction", prediction), ("label", label)):
@@ -131,6 +147,7 @@ def evaluate(
     output_dir: str | os.PathLike,
     class_names: Mapping[Any, str] | Sequence[str] | None = None,
     tolerance_mm: float | Sequence[float] = 2.0,
+    fov: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -144,6 +161,8 @@ def evaluate(
             (``{"0": "background", "1": "organ"}``) or a list in index order; default: ``class_K``
             for every value up to the largest label value.
         tolerance_mm: surface Dice tolerance in mm, one for all foreground classes or one per class.
+        fov: a folder of field-of-view masks (DRIVE's ``mask/``): every metric is computed inside each
+            case's mask only (prediction and label are set to background outside it).
         overwrite: replace existing result files in ``output_dir``.
         progress: show a progress bar over the cases.
 
@@ -171,11 +190,12 @@ def evaluate(
     refuse_existing(targets, overwrite)
     label_files = _image_files(labels, "labels")
     prediction_files = _image_files(predictions, "predictions")
+    fov_files = _image_files(fov, "fov") if fov is not None else {}
     if not label_files:
-        raise FileNotFoundError(f"no label images ({', '.join(IMAGE_SUFFIXES)}) in {labels}")
-
-    loader = LoadImage(image_only=True, ensure_channel_first=True)
-    classes = _class_table(class_names, label_files, loader)
+        raise FileNotFoundError(
+            f"no label images ({', '.join(IMAGE_SUFFIXES + IMAGE2D_SUFFIXES)}) in {labels}"
+        )
+    classes = _class_table(class_names, label_files)
     foreground = {index: name for index, name in classes.items() if index > 0}
     thresholds = [float(t) for t in (tolerance_mm if isinstance(tolerance_mm, Sequence) else [tolerance_mm])]
     thresholds = thresholds * len(foreground) if len(thresholds) == 1 else thresholds
@@ -189,23 +209,37 @@ def evaluate(
     nsd = SurfaceDiceMetric(class_thresholds=thresholds, include_background=False, reduction="none")
 
     rows: list[dict[str, Any]] = []
+    matched: set[str] = set()
     missing: list[str] = []
     mismatched: dict[str, str] = {}
     per_class = {class_name: {metric: [] for metric in METRICS} for class_name in foreground.values()}
     for name, label_file in tqdm(label_files.items(), desc="evaluate", unit="case", disable=not progress):
         row: dict[str, Any] = {"case": name, "label": str(label_file), "prediction": "", "status": "ok"}
         rows.append(row)
-        if name not in prediction_files:
+        # DRIVE names a case's label 21_manual1 and its prediction (from 21_training.tif) 21_training
+        prediction_file = prediction_files.get(name) or match_by_leading_token(name, prediction_files)
+        if prediction_file is None:
             missing.append(name)
             row["status"] = "missing prediction"
             continue
-        row["prediction"] = str(prediction_files[name])
-        label = _read(loader, label_file)
+        matched.add(case_name(prediction_file))
+        row["prediction"] = str(prediction_file)
+        label = _read(label_file, mask=True)
         try:
-            prediction = _read(loader, prediction_files[name])
+            prediction = _read(prediction_file)
             reason = _mismatch(prediction, label, len(classes))
         except ValueError as error:  # an unreadable prediction is reported by name, like a mismatched one
             reason = str(error)
+        if reason is None and fov is not None:
+            fov_file = fov_files.get(name) or match_by_leading_token(name, fov_files)
+            inside = _read(fov_file, mask=True) if fov_file is not None else None
+            if inside is None:
+                reason = f"no field-of-view mask in {fov}"
+            elif inside.shape != label.shape:
+                reason = f"field-of-view mask {fov_file} has shape {tuple(inside.shape[1:])}, not the label's"
+            else:
+                row["fov"] = str(fov_file)
+                prediction, label = prediction * (inside > 0), label * (inside > 0)
         if reason is not None:
             mismatched[name] = reason
             row["status"] = reason
@@ -224,7 +258,7 @@ def evaluate(
                 row[f"{metric}_{class_name}"] = value
                 per_class[class_name][metric].append(value)
 
-    unmatched = sorted(set(prediction_files) - set(label_files))
+    unmatched = sorted(set(prediction_files) - matched)
     class_summary = {
         class_name: {metric: _statistics(values) for metric, values in metrics.items()}
         for class_name, metrics in per_class.items()
@@ -243,12 +277,15 @@ def evaluate(
         "classes": class_summary,
         "mean": means,
         "tolerance_mm": dict(zip(foreground.values(), thresholds, strict=True)),
+        "fov": None if fov is None else str(fov),
         "files": {"cases": str(targets[0]), "summary_csv": str(targets[1]), "summary_json": str(targets[2])},
     }
 
-    columns = ["case", "status", "prediction", "label"] + [
-        f"{metric}_{class_name}" for class_name in foreground.values() for metric in METRICS
-    ]
+    columns = (
+        ["case", "status", "prediction", "label"]
+        + (["fov"] if fov is not None else [])
+        + [f"{metric}_{class_name}" for class_name in foreground.values() for metric in METRICS]
+    )
     with atomic_output(targets[0]) as tmp, open(tmp, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, restval="")
         writer.writeheader()
@@ -292,6 +329,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[2.0],
         help="surface Dice tolerance in mm: one value, or one per foreground class (default: 2)",
     )
+    parser.add_argument("--fov", help="folder of field-of-view masks: score inside them only (DRIVE's mask/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -304,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output,
         class_names=args.classes,
         tolerance_mm=args.tolerance_mm,
+        fov=args.fov,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -18,6 +18,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "IMAGE2D_SUFFIXES",
     "case_name",
+    "match_by_leading_token",
     "list_images",
     "innermost_cause",
 ]
@@ -38,6 +39,20 @@ def case_name(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+def match_by_leading_token(name: str, candidates: dict[str, Path]) -> Path | None:
+    """The one candidate whose name starts with the same ``_``-separated token as ``name`` (DRIVE:
+    image ``21_training``, label ``21_manual1``, field of view ``21_training_mask``), or None when there
+    is none or more than one.
+
+    Example:
+        >>> match_by_leading_token("21_training", {"21_manual1": Path("21_manual1.gif")})
+        PosixPath('21_manual1.gif')
+    """
+    token = name.split("_", 1)[0]
+    found = [path for key, path in candidates.items() if key.split("_", 1)[0] == token]
+    return found[0] if len(found) == 1 else None
 
 
 def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:

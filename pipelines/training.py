@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
+from ignite.handlers import Timer
 from monai.data import DataLoader, partition_dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer, default_prepare_batch
 from monai.handlers import IgniteMetricHandler, MeanDice, ValidationHandler
@@ -64,7 +65,7 @@ __all__ = [
     "add_arguments",
     "config_from_args",
     "config_from_plan",
-    "epochs_within_budget",
+    "further_epochs",
     "run",
     "train",
 ]
@@ -125,8 +126,9 @@ class TrainConfig:
         plan: the plan (:func:`attnunet.pipelines.planning.plan_dataset`) these options came from, if any;
             it is saved as ``output/plan.json`` and logged to MLflow. :func:`config_from_plan` builds a
             config from one.
-        time_budget: minutes the whole run (training and validation) may take; the first epoch is timed
-            and ``epochs`` is set to what fits, with the cosine schedule annealed to 0 at the last one.
+        time_budget: minutes the whole run (training and validation) may take; after every epoch the
+            number of epochs is set to what fits at the last epoch's speed (``epochs`` is then only an
+            upper bound's starting value), with the cosine schedule annealed to 0 at the last one.
             None trains ``epochs`` epochs.
 
     Example:
@@ -554,7 +556,13 @@ def _fit(
     def _start_epoch(engine: Engine) -> None:
         epoch_stats.update(started=time.perf_counter(), loss=0.0, batches=0, samples=0)
         if rank == 0:
-            logger.info("epoch %d/%d started", engine.state.epoch, config.epochs)
+            logger.info("epoch %d/%d started", engine.state.epoch, engine.state.max_epochs)
+
+    # ignite's Timer, summing the time the trainer waits for each batch from the loader in an epoch
+    data_timer = Timer(average=False)
+    data_timer.attach(
+        trainer, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
+    )
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _accumulate(engine: Engine) -> None:
@@ -565,6 +573,7 @@ def _fit(
     @trainer.on(Events.EPOCH_COMPLETED)
     def _finish_epoch(engine: Engine) -> None:
         seconds = time.perf_counter() - epoch_stats["started"]
+        epoch_stats["data_wait_share"] = _all_mean(data_timer.value() / max(seconds, 1e-9), world)
         epoch_stats["train_loss"] = _all_mean(epoch_stats["loss"] / max(epoch_stats["batches"], 1), world)
         epoch_stats["throughput"] = _all_mean(epoch_stats["samples"], world) * world / max(seconds, 1e-9)
         epoch_stats["lr"] = optimizer.param_groups[0]["lr"]
@@ -586,6 +595,36 @@ def _fit(
     def _finish_validation(_: Engine) -> None:
         validation_clock["seconds"] = time.perf_counter() - validation_clock["started"]
 
+    budget_choice: dict[str, float] = {}
+    if config.time_budget is not None:
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _size_to_the_budget(engine: Engine) -> None:
+            # Re-sized after every epoch from the last epoch's own time, so a machine that slows down
+            # (or speeds up) mid-run still ends within the budget; the mean over ranks keeps DDP in step.
+            now, epoch = time.perf_counter(), engine.state.epoch
+            validation = validation_clock["seconds"]
+            validated = evaluator.state.epoch == epoch
+            epoch_seconds = now - epoch_stats["started"] - (validation if validated else 0.0)
+            more = further_epochs(
+                60 * config.time_budget, now - started, epoch_seconds, validation, config.val_every
+            )
+            epochs = epoch + int(_all_mean(float(more), world))
+            engine.state.max_epochs = epochs
+            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
+            if epoch == 1:
+                logger.info(
+                    "time budget %.1f min: setup and epoch 1 took %.0f s (validation %.0f s) -> %d epochs",
+                    config.time_budget, now - started, validation, epochs,
+                )  # fmt: skip
+            budget_choice.update(
+                epochs=epochs,
+                first_epoch_seconds=budget_choice.get("first_epoch_seconds", round(now - started, 1)),
+                last_epoch_seconds=round(epoch_seconds, 1),
+                validation_seconds=round(validation, 1),
+            )
+
     @trainer.on(Events.EPOCH_COMPLETED)
     def _validate_last_and_first(engine: Engine) -> None:
         # after the last epoch, and after the first under a time budget (which times a validation)
@@ -594,43 +633,14 @@ def _fit(
         if evaluator.state.epoch != epoch and (last or (epoch == 1 and config.time_budget is not None)):
             evaluator.run(epoch)
 
-    if config.time_budget is not None:
-
-        @trainer.on(Events.EPOCH_COMPLETED(once=1))
-        def _size_to_the_budget(engine: Engine) -> None:
-            spent = time.perf_counter() - started
-            validation = validation_clock["seconds"]
-            epochs = epochs_within_budget(
-                60 * config.time_budget,
-                spent,
-                time.perf_counter() - epoch_stats["started"] - validation,
-                validation,
-                config.val_every,
-            )
-            engine.state.max_epochs = epochs
-            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
-            resolved.update(epochs=epochs)
-            resolved["time_budget_choice"] = {
-                "epochs": epochs,
-                "first_epoch_seconds": round(spent, 1),
-                "validation_seconds": round(validation, 1),
-            }
-            logger.info(
-                "time budget %.1f min: the first epoch took %.0f s (validation %.0f s) -> %d epochs",
-                config.time_budget,
-                spent,
-                validation,
-                epochs,
-            )
-            if rank == 0:
-                _write_config(output, resolved, tracker)
-
     @trainer.on(Events.EPOCH_COMPLETED)  # after validation: handlers run in the order they are added
     def _record_epoch(engine: Engine) -> None:
         epoch = engine.state.epoch
         record = {"epoch": epoch, "train_loss": epoch_stats["train_loss"], "lr": epoch_stats["lr"]}
         record["throughput_samples_per_s"] = epoch_stats["throughput"]
+        record["data_wait_share"] = epoch_stats["data_wait_share"]  # of the epoch, waiting for the loader
+        if config.time_budget is not None:  # the budget's current choice, as an MLflow metric per epoch
+            record["planned_epochs"] = engine.state.max_epochs
         validated = evaluator.state.epoch == epoch
         if validated:
             metrics = evaluator.state.metrics
@@ -675,9 +685,12 @@ def _fit(
             plan_path = save_plan(config.plan, output / "plan.json")
             if tracker is not None:
                 tracker.log_artifact(plan_path, artifact_path="plan")
-        # under a time budget the config is logged once the number of epochs is chosen
-        _write_config(output, resolved, tracker if config.time_budget is None else None)
+        _write_config(output, resolved, tracker)
     trainer.run()
+    if budget_choice:
+        resolved.update(epochs=int(trainer.state.epoch), time_budget_choice=dict(budget_choice))
+        if rank == 0:  # what the budget chose, beside the run and (as new parameters) in MLflow
+            _write_config(output, resolved, tracker)
 
     result = TrainResult(
         output=output,
@@ -694,23 +707,23 @@ def _fit(
     return result
 
 
-def epochs_within_budget(
+def further_epochs(
     budget_seconds: float, spent: float, epoch_seconds: float, validation_seconds: float, val_every: int
 ) -> int:
-    """How many epochs (the first, already run, included) end within ``budget_seconds``.
+    """How many more epochs end within ``budget_seconds``.
 
-    ``spent`` seconds have passed (setup and the first epoch with its validation); every further epoch
-    costs ``epoch_seconds`` plus a validation every ``val_every`` epochs. Kept in reserve: one more
-    validation (after the last epoch), the same again for logging the model, and 5% of the budget for
-    the jitter of the epoch time.
+    ``spent`` seconds have passed (setup and the epochs run so far, with their validations); every
+    further epoch costs ``epoch_seconds`` plus a validation every ``val_every`` epochs. Kept in reserve:
+    one more validation (after the last epoch), the same again for logging the model, and 5% of the
+    budget for the jitter of the epoch time.
 
     Example:
-        >>> epochs_within_budget(600, spent=70, epoch_seconds=50, validation_seconds=10, val_every=1)
-        9
+        >>> further_epochs(600, spent=70, epoch_seconds=50, validation_seconds=10, val_every=1)
+        8
     """
     reserve = 2 * validation_seconds + 0.05 * budget_seconds
     per_epoch = max(epoch_seconds + validation_seconds / val_every, 1e-6)
-    return 1 + max(0, int((budget_seconds - spent - reserve) // per_epoch))
+    return max(0, int((budget_seconds - spent - reserve) // per_epoch))
 
 
 def _write_config(output: Path, resolved: dict[str, Any], tracker: RunTracker | None) -> None:

@@ -228,3 +228,51 @@ def test_infer_then_evaluate_on_the_demo_dataset(demo_dataset, tmp_path):
     assert not summary["missing"] and not summary["mismatched"] and not summary["unmatched_predictions"]
     perfect = evaluate(demo_dataset / "labelsTs", demo_dataset / "labelsTs", output_dir=tmp_path / "self")
     assert perfect["mean"]["dice"] == pytest.approx(1.0) and perfect["mean"]["hd95"] == pytest.approx(0.0)
+
+
+def _drive_case(root, fov_width: int = 14):
+    """DRIVE-style files of case 21: a 0/255 GIF vessel mask, a GIF field of view covering the left
+    ``fov_width`` columns, and a 2D NIfTI prediction (named after the image) that is right inside the
+    field of view and has false vessels outside it."""
+    from PIL import Image
+
+    for folder in ("1st_manual", "mask", "predictions"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    vessels = np.zeros((20, 18), np.uint8)  # rows x columns, as PIL stores it
+    vessels[5:15, 8:10] = 255
+    Image.fromarray(vessels).save(root / "1st_manual" / "21_manual1.gif")
+    fov = np.zeros((20, 18), np.uint8)
+    fov[:, :fov_width] = 255
+    Image.fromarray(fov).save(root / "mask" / "21_training_mask.gif")
+    prediction = (vessels > 0).astype(np.uint8)
+    prediction[:, 16:] = 1  # outside the field of view
+    # MONAI reads pictures as (width, height): the prediction infer writes is on that grid
+    nib.save(nib.Nifti1Image(prediction.T.copy(), np.eye(4)), root / "predictions" / "21_training.nii.gz")
+    return root
+
+
+def test_drive_names_gif_masks_and_the_field_of_view(tmp_path):
+    root = _drive_case(tmp_path / "drive")
+    args = {"class_names": ["background", "vessel"], "progress": False}
+    inside = evaluate(
+        root / "predictions", root / "1st_manual", output_dir=tmp_path / "a", fov=root / "mask", **args
+    )
+    everywhere = evaluate(root / "predictions", root / "1st_manual", output_dir=tmp_path / "b", **args)
+    assert inside["num_evaluated"] == everywhere["num_evaluated"] == 1 and not inside["unmatched_predictions"]
+    assert inside["classes"]["vessel"]["dice"]["mean"] == pytest.approx(1.0)
+    # everywhere, the two false columns (40 pixels) count against the 20 vessel pixels: 2 * 20 / (40 + 40)
+    assert everywhere["classes"]["vessel"]["dice"]["mean"] == pytest.approx(0.5)
+    assert inside["fov"] == str(root / "mask")
+
+
+def test_drive_field_of_view_missing_or_misshapen_is_reported(tmp_path):
+    root = _drive_case(tmp_path / "drive")
+    (root / "mask" / "21_training_mask.gif").unlink()
+    summary = evaluate(
+        root / "predictions",
+        root / "1st_manual",
+        output_dir=tmp_path / "a",
+        fov=root / "mask",
+        progress=False,
+    )
+    assert summary["mismatched"] == {"21_manual1": f"no field-of-view mask in {root / 'mask'}"}

@@ -28,7 +28,7 @@ from attnunet.transforms.readers import list_dicom_series, sitk_affine
 # GPU check: its first use raises an error saying to install it.
 sitk, _ = optional_import("SimpleITK")
 
-__all__ = ["ImageHeader", "read_header", "loader_for", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = ["ImageHeader", "read_header", "loader_for", "grayscale", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
 
 # 2D formats, read by PIL (MONAI's PILReader in the "image2d" preset); GIF for DRIVE's masks
 IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -146,11 +146,21 @@ def _pil_header(path: Path) -> ImageHeader:
     )
 
 
-def loader_for(path: str | os.PathLike) -> LoadImage:
+def grayscale(image: Image.Image) -> Image.Image:
+    """PIL converter for 2D masks: one channel whatever the file stores (RGB or palette masks included)."""
+    return image.convert("L")
+
+
+def loader_for(
+    path: str | os.PathLike, *, mask: bool = False, ensure_channel_first: bool = False
+) -> LoadImage:
     """MONAI's ``LoadImage`` (array only) with the reader the presets use for ``path``: PIL for the 2D
-    formats (MONAI picks no reader for TIFF or GIF by itself), MONAI's choice by suffix otherwise."""
-    is_2d = str(path).lower().endswith(IMAGE2D_SUFFIXES)
-    return LoadImage(reader=PILReader() if is_2d else None, image_only=True)
+    formats (MONAI picks no reader for TIFF or GIF by itself; a ``mask`` is read as one grayscale
+    channel), MONAI's choice by suffix otherwise."""
+    if str(path).lower().endswith(IMAGE2D_SUFFIXES):
+        reader = PILReader(converter=grayscale) if mask else PILReader()
+        return LoadImage(reader=reader, image_only=True, ensure_channel_first=ensure_channel_first)
+    return LoadImage(image_only=True, ensure_channel_first=ensure_channel_first)
 
 
 def read_header(path: str | os.PathLike) -> ImageHeader:

@@ -39,6 +39,7 @@ from monai.transforms import (
 from monai.utils import look_up_option
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
+from attnunet.transforms.headers import grayscale
 
 __all__ = ["PRESETS", "MODES", "build_transforms", "ct_transforms", "mr_transforms", "image2d_transforms"]
 
@@ -181,11 +182,6 @@ def mr_transforms(
     )
 
 
-def _grayscale(image):
-    """PIL converter for masks: one channel whatever the file stores (RGB or palette masks included)."""
-    return image.convert("L")
-
-
 def image2d_transforms(
     mode: str,
     *,
@@ -215,7 +211,7 @@ def image2d_transforms(
     _check_common(2, pixdim, roi_size, num_samples)
     chain: list[Callable] = [LoadImaged("image", reader=PILReader(), image_only=True)]
     if "label" in keys:
-        chain.append(LoadImaged("label", reader=PILReader(converter=_grayscale), image_only=True))
+        chain.append(LoadImaged("label", reader=PILReader(converter=grayscale), image_only=True))
     chain += [EnsureChannelFirstd(keys), ScaleIntensityd("image", minv=0.0, maxv=1.0, channel_wise=True)]
     if "label" in keys:
         chain.append(AsDiscreted("label", threshold=0.5))
