@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnunet.atomic import atomic_output
+from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.pipelines.datasets import DatasetIndex, discover_dataset
 from attnunet.pipelines.files import innermost_cause
 from attnunet.pipelines.validation import DataValidationError
@@ -464,9 +464,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-cases", type=int, default=20, help="cases decoded for voxel statistics")
     parser.add_argument("--memory-budget-gb", type=float, default=None, help="memory a training step may use")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing plan file")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_existing([args.output], args.overwrite)  # before the (long) planning, not after
     plan = plan_dataset(
         args.data,
         overrides=dict(_override(text) for text in args.set),

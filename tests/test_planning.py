@@ -190,8 +190,13 @@ def test_cli_prints_the_table_and_writes_the_plan(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "patch" in printed and "class 2" in printed and "tail" in printed and str(out) in printed
     assert load_plan(out)["overlap"] == 0.25
-    assert main(["plan", str(root), "--set", "overlap"]) == 2
+    assert main(["plan", str(root), "--set", "overlap", "--output", str(tmp_path / "other.json")]) == 2
     assert "--set expects KEY=VALUE" in capsys.readouterr().err
+    # an existing plan is kept unless --overwrite
+    assert main(["plan", str(root), "--output", str(out), "--set", "overlap=0.5"]) == 2
+    assert "already exists" in capsys.readouterr().err and load_plan(out)["overlap"] == 0.25
+    assert main(["plan", str(root), "--output", str(out), "--set", "overlap=0.5", "--overwrite"]) == 0
+    assert load_plan(out)["overlap"] == 0.5
 
 
 def test_format_plan_lists_every_class(tmp_path):
