@@ -227,6 +227,8 @@ def evaluate(
         label = _read(label_file, mask=True)
         try:
             prediction = _read(prediction_file)
+            while prediction.ndim > label.ndim and prediction.shape[-1] == 1:
+                prediction = prediction[..., 0]  # infer writes a 2D map as (X, Y, 1): NIfTI needs 3 dims
             reason = _mismatch(prediction, label, len(classes))
         except ValueError as error:  # an unreadable prediction is reported by name, like a mismatched one
             reason = str(error)

@@ -246,8 +246,11 @@ def _drive_case(root, fov_width: int = 14):
     Image.fromarray(fov).save(root / "mask" / "21_training_mask.gif")
     prediction = (vessels > 0).astype(np.uint8)
     prediction[:, 16:] = 1  # outside the field of view
-    # MONAI reads pictures as (width, height): the prediction infer writes is on that grid
-    nib.save(nib.Nifti1Image(prediction.T.copy(), np.eye(4)), root / "predictions" / "21_training.nii.gz")
+    # MONAI reads pictures as (width, height); infer writes a 2D map on that grid as (X, Y, 1)
+    nib.save(
+        nib.Nifti1Image(prediction.T[..., None].copy(), np.eye(4)),
+        root / "predictions" / "21_training.nii.gz",
+    )
     return root
 
 
