@@ -175,7 +175,7 @@ def _voxel_statistics(
         item = index.items[position]
         try:
             image = np.asarray(loader_for(item["image"])(item["image"]), dtype=np.float32)
-            label = np.asarray(loader_for(item["label"])(item["label"]))
+            label = np.asarray(loader_for(item["label"], mask=True)(item["label"]))
         except Exception as error:  # MONAI wraps the reader's error; report the file and the cause
             raise DataValidationError(
                 f"{item['image']} or its label {item['label']} cannot be read: {innermost_cause(error)}"
