@@ -148,7 +148,9 @@ def main() -> None:
     parser.add_argument("--train-cases", type=int, default=60)
     parser.add_argument("--test-cases", type=int, default=30)
     parser.add_argument("--roi-size", type=int, nargs="+", default=[48, 64, 48])
-    parser.add_argument("--init-features", type=int, default=8, help="widths of all but nnU-Net's")
+    parser.add_argument(
+        "--init-features", type=int, default=16, help="widths of all but nnU-Net's (the README table: 8)"
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="cases per batch (2 patches each)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
