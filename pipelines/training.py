@@ -620,9 +620,9 @@ def _fit(
                 )  # fmt: skip
             budget_choice.update(
                 epochs=epochs,
-                first_epoch_seconds=budget_choice.get("first_epoch_seconds", round(now - started, 1)),
-                last_epoch_seconds=round(epoch_seconds, 1),
-                validation_seconds=round(validation, 1),
+                first_epoch_seconds=budget_choice.get("first_epoch_seconds", round(now - started, 3)),
+                last_epoch_seconds=round(epoch_seconds, 3),
+                validation_seconds=round(validation, 3),
             )
 
     @trainer.on(Events.EPOCH_COMPLETED)
