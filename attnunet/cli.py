@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["COMMANDS", "USER_ERRORS", "main"]
+__all__ = ["COMMANDS", "USER_ERRORS", "key_values", "main"]
 
 # Errors that mean "the input or the arguments are wrong", as opposed to a bug.
 USER_ERRORS = (
@@ -49,6 +51,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
     "bundle": ("attnunet.pipelines.bundle", "write a MONAI bundle for your own dataset"),
 }
+
+
+def key_values(pairs: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options (``--network-option``, ``--set``); values are read as JSON
+    when they parse (numbers, lists), else kept as words (``preset=ct``).
+
+    Example:
+        >>> key_values(["depth=3", "norm=instance"], "--network-option")
+        {'depth': 3, 'norm': 'instance'}
+    """
+    parsed: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
 
 
 def _top_level_parser() -> argparse.ArgumentParser:

@@ -45,7 +45,7 @@ from attnunet.pipelines.files import (
     list_images,
     match_by_leading_token,
 )
-from attnunet.transforms.headers import loader_for
+from attnunet.transforms.headers import binary_mask, loader_for
 
 __all__ = ["METRICS", "evaluate", "add_arguments", "run"]
 
@@ -99,14 +99,14 @@ def _class_table(
 
 def _read(path: Path, *, mask: bool = False) -> MetaTensor:
     """Read a label map (channel first); a failure names the file and its first cause, not MONAI's
-    wrapper. A 2D ``mask`` (PNG, GIF, ...) is binarised at half its range, as the 2D preset does, so
-    0/255 masks compare with 0/1 predictions."""
+    wrapper. A 2D ``mask`` (PNG, GIF, ...) is binarised as the 2D preset does, so 0/255 masks compare
+    with 0/1 predictions."""
     try:
         image = loader_for(path, mask=mask, ensure_channel_first=True)(path)
     except Exception as error:  # each reader raises its own type (nibabel ImageFileError, OSError, ...)
         raise ValueError(f"{path} cannot be read: {innermost_cause(error)}") from error
-    if mask and str(path).lower().endswith(IMAGE2D_SUFFIXES) and image.max() > 1:
-        image = (image >= 128).to(torch.uint8)
+    if mask and str(path).lower().endswith(IMAGE2D_SUFFIXES):
+        image = binary_mask(image)
     return image
 
 

@@ -36,16 +36,18 @@ import numpy as np
 import torch
 
 from attnunet.atomic import atomic_output, refuse_existing
+from attnunet.cli import key_values
 from attnunet.pipelines.datasets import DatasetIndex, discover_dataset
 from attnunet.pipelines.files import innermost_cause
 from attnunet.pipelines.validation import DataValidationError
-from attnunet.transforms.headers import loader_for, read_header
+from attnunet.transforms.headers import binary_mask, loader_for, read_header
 
 __all__ = [
     "PLAN_FORMAT",
     "PLAN_FIELDS",
     "plan_dataset",
     "plan_options",
+    "TRAIN_FIELDS",
     "save_plan",
     "load_plan",
     "format_plan",
@@ -165,8 +167,8 @@ def _memory_budget_bytes(memory_budget_gb: float | None, device: str) -> int:
 
 def _voxel_statistics(
     index: DatasetIndex, sample_cases: int, num_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Foreground intensities (a bounded random sample per case), voxel counts per class, the files read."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Foreground intensities (a bounded random sample per case), voxel counts per class, cases read."""
     positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
     rng = np.random.default_rng(seed)
     counts = np.zeros(num_classes, dtype=np.int64)
@@ -180,10 +182,8 @@ def _voxel_statistics(
             raise DataValidationError(
                 f"{item['image']} or its label {item['label']} cannot be read: {innermost_cause(error)}"
             ) from None
-        if index.layout == "image2d" or index.modality == "image2d":
-            label = (label > 0).astype(
-                np.uint8
-            )  # 2D masks are binary, stored as 0/255 (the 2D preset's rule)
+        if index.modality == "image2d":  # 2D masks are binary, often stored as 0/255
+            label = binary_mask(label)
         values = np.unique(label).astype(int)
         unknown = [int(v) for v in values if not 0 <= v < num_classes]
         if unknown:
@@ -200,7 +200,7 @@ def _voxel_statistics(
         if picked.size:
             foreground.append(rng.choice(picked, min(picked.size, FOREGROUND_SAMPLE_PER_CASE), replace=False))
     intensities = np.concatenate(foreground) if foreground else np.zeros(1, dtype=np.float32)
-    return intensities, counts, [index.items[int(p)]["image"] for p in positions]
+    return intensities, counts, len(positions)
 
 
 def plan_dataset(
@@ -249,7 +249,7 @@ def plan_dataset(
     headers = _headers(index)
     spatial_dims = len(headers[0].spatial_shape)
     num_classes = len(index.labels)
-    intensities, counts, sampled = _voxel_statistics(index, int(sample_cases), num_classes, seed)
+    intensities, counts, sampled_cases = _voxel_statistics(index, int(sample_cases), num_classes, seed)
 
     declared = _declared_preset(index)
     guessed = "ct" if float(np.percentile(intensities, 0.5)) < -500 else "mr"  # air is -1000 HU
@@ -355,7 +355,7 @@ def plan_dataset(
         "device": device,
         "memory_budget_gb": round(budget / 2**30, 2),
         "estimated_gb_per_step": round(batch_size * num_samples * per_sample / 2**30, 3),
-        "sampled_cases": len(sampled),
+        "sampled_cases": sampled_cases,
         "overrides": sorted(overrides),
     }
 
@@ -439,16 +439,6 @@ def format_plan(plan: Mapping[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE (VALUE as JSON), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value  # a bare word, e.g. preset=ct
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset: MSD folder with dataset.json, image/label folders, CSV")
     parser.add_argument(
@@ -471,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_existing([args.output], args.overwrite)  # before the (long) planning, not after
     plan = plan_dataset(
         args.data,
-        overrides=dict(_override(text) for text in args.set),
+        overrides=key_values(args.set, "--set"),
         sample_cases=args.sample_cases,
         memory_budget_gb=args.memory_budget_gb,
         device=args.device,

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,12 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor, look_up_option, set_determinism
 
+from attnunet.cli import key_values
 from attnunet.networks import create_network, network_arguments
 from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from attnunet.pipelines.datasets import discover_dataset, make_dataset, split_items
 from attnunet.pipelines.overlays import save_overlay
-from attnunet.pipelines.planning import load_plan, plan_dataset, plan_options, save_plan
+from attnunet.pipelines.planning import TRAIN_FIELDS, load_plan, plan_dataset, plan_options, save_plan
 from attnunet.pipelines.tracking import RunTracker, check_tracking_server, resolve_tracking_uri
 from attnunet.pipelines.validation import validate_items
 from attnunet.transforms.presets import build_transforms
@@ -771,20 +772,6 @@ def _finish_run(
     tracker.end("FINISHED")
 
 
-def _key_values(pairs: Sequence[str] | None, option: str) -> dict[str, Any]:
-    """Parse repeated ``KEY=VALUE`` options; values are read as JSON when they parse (numbers, lists)."""
-    parsed: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{option} expects KEY=VALUE, got {pair!r}")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
 def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
     """A :class:`TrainConfig` whose options not given in ``options`` come from ``plan``.
 
@@ -802,10 +789,6 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
     merged["network_kwargs"] = {**planned["network_kwargs"], **options.get("network_kwargs", {})}
     merged["preset_kwargs"] = {**planned["preset_kwargs"], **options.get("preset_kwargs", {})}
     return TrainConfig(plan=dict(plan), **merged)
-
-
-# options a plan sets: the command line leaves them None unless given
-_PLANNED = ("preset", "roi_size", "pixdim", "batch_size", "num_samples", "sw_batch_size", "overlap")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -903,9 +886,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)
     }
-    options = {k: v for k, v in options.items() if not (k in _PLANNED and v is None) and k != "plan"}
-    options["network_kwargs"] = _key_values(args.network_option, "--network-option")
-    options["preset_kwargs"] = _key_values(args.preset_option, "--preset-option")
+    # the options a plan sets are None on the command line unless given
+    options = {k: v for k, v in options.items() if not (k in TRAIN_FIELDS and v is None) and k != "plan"}
+    options["network_kwargs"] = key_values(args.network_option, "--network-option")
+    options["preset_kwargs"] = key_values(args.preset_option, "--preset-option")
     if args.plan == "none":
         return TrainConfig(**options)
     saved = Path(args.output) / "plan.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.data import PILReader
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImage
@@ -28,7 +29,15 @@ from attnunet.transforms.readers import list_dicom_series, sitk_affine
 # GPU check: its first use raises an error saying to install it.
 sitk, _ = optional_import("SimpleITK")
 
-__all__ = ["ImageHeader", "read_header", "loader_for", "grayscale", "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = [
+    "ImageHeader",
+    "read_header",
+    "loader_for",
+    "grayscale",
+    "binary_mask",
+    "IMAGE2D_SUFFIXES",
+    "NIFTI_SUFFIXES",
+]
 
 # 2D formats, read by PIL (MONAI's PILReader in the "image2d" preset); GIF for DRIVE's masks
 IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -149,6 +158,12 @@ def _pil_header(path: Path) -> ImageHeader:
 def grayscale(image: Image.Image) -> Image.Image:
     """PIL converter for 2D masks: one channel whatever the file stores (RGB or palette masks included)."""
     return image.convert("L")
+
+
+def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """A 2D mask as 0/1 (uint8): foreground from half of 1 up, the 2D preset's ``AsDiscreted(threshold=0.5)``,
+    so 0/1 and 0/255 masks both work."""
+    return (mask >= 0.5).astype(np.uint8) if isinstance(mask, np.ndarray) else (mask >= 0.5).to(torch.uint8)
 
 
 def loader_for(
