@@ -9,19 +9,30 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["AttentionUNet", "create_network", "list_networks", "register_network"]
+__all__ = [
+    "AttentionUNet",
+    "ModelSpec",
+    "create_network",
+    "list_networks",
+    "load_model",
+    "register_network",
+]
 
 # public name -> module that defines it
 _EXPORTS = {
     "AttentionUNet": "attnunet.network",
+    "ModelSpec": "attnunet.spec",
+    "load_model": "attnunet.models",
     "create_network": "attnunet.networks",
     "list_networks": "attnunet.networks",
     "register_network": "attnunet.networks",
 }
 
 if TYPE_CHECKING:
+    from attnunet.models import load_model
     from attnunet.network import AttentionUNet
     from attnunet.networks import create_network, list_networks, register_network
+    from attnunet.spec import ModelSpec
 
 
 def __getattr__(name: str) -> object:

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,25 +32,25 @@ USER_ERRORS = (
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "attnunet.pipelines.demo",
+        "attnunet.pipelines.commands.demo",
         "write the embedded demo data, train, register, segment, report Dice",
     ),
     "plan": (
-        "attnunet.pipelines.planning",
+        "attnunet.pipelines.commands.plan",
         "fingerprint a dataset and write plan.json (patch, spacing, batch)",
     ),
-    "train": ("attnunet.pipelines.training", "train a network with MONAI engines, tracked in MLflow"),
+    "train": ("attnunet.pipelines.commands.train", "train a network with MONAI engines, tracked in MLflow"),
     "infer": (
-        "attnunet.pipelines.inference",
+        "attnunet.pipelines.commands.infer",
         "sliding-window segmentation of files, folders or DICOM series",
     ),
     "evaluate": (
-        "attnunet.pipelines.evaluation",
+        "attnunet.pipelines.commands.evaluate",
         "Dice, HD95 and surface Dice of predictions against labels",
     ),
     "summary": ("attnunet.summary", "per-layer summary and parameter count of a network preset"),
     "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
-    "bundle": ("attnunet.pipelines.bundle", "write a MONAI bundle for your own dataset"),
+    "bundle": ("attnunet.pipelines.commands.bundle", "write a MONAI bundle for your own dataset"),
 }
 
 
@@ -104,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    # MONAI says on every DICOM read that nvImageCodec (an optional GPU JPEG decoder) is missing; the
+    # readers fall back to pydicom's decoders, so the warning tells a user nothing to act on.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"attnunet {command}", description=help_text)

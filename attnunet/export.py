@@ -159,11 +159,11 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         if args.kwargs:
             raise ValueError("--kwargs applies to --preset; a checkpoint rebuilds its own network")
-        from attnunet.pipelines.checkpoints import model_from_checkpoint
+        from attnunet.checkpoints import model_from_checkpoint
 
-        model, config = model_from_checkpoint(args.checkpoint)
-        if input_size is None and config.get("roi_size"):
-            input_size = [model.in_channels, *config["roi_size"]]
+        model, spec = model_from_checkpoint(args.checkpoint)
+        if input_size is None:
+            input_size = [spec.in_channels, *spec.roi_size]
     else:
         model = network_from_args(args)
     input_size = list(default_input_size(model) if input_size is None else input_size)

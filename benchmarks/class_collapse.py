@@ -30,7 +30,7 @@ from monai.utils import set_determinism
 
 from attnunet.blocks import NonLocalBlock
 from attnunet.networks import create_network
-from attnunet.pipelines.datasets import discover_dataset
+from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.transforms.presets import build_transforms
 
 

@@ -7,7 +7,7 @@ Steps (each prints one JSON line and adds a row to ``--json``):
    memory;
 2. ``autocast``: our network's training step under float16 and bfloat16 autocast;
 3. ``compile``: our network's training step with and without ``torch.compile`` (and the compile time);
-4. ``infer``: :func:`attnunet.pipelines.inference.infer` end to end on a CT-sized NIfTI (load, CT
+4. ``infer``: :func:`attnunet.pipelines.inference.predict.infer` end to end on a CT-sized NIfTI (load, CT
    preset, sliding windows with Gaussian blending, stitching, inversion, argmax, write): seconds and
    peak GPU memory;
 5. ``capped``: the same volume with the process's GPU memory capped below what stitching needs
@@ -36,10 +36,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from attnunet.checkpoints import save_checkpoint
 from attnunet.networks import create_network
-from attnunet.pipelines.checkpoints import save_checkpoint
-from attnunet.pipelines.devices import choose_devices, estimate_stitching_bytes
-from attnunet.pipelines.inference import infer
+from attnunet.pipelines.inference.devices import choose_devices, estimate_stitching_bytes
+from attnunet.pipelines.inference.predict import infer
+from attnunet.spec import ModelSpec
 
 # label -> (registry name, kwargs besides spatial_dims/in_channels/out_channels)
 PEERS = {
@@ -155,12 +156,13 @@ def inference_steps(size: dict, device: torch.device, dry_run: bool, folder: Pat
         "out_channels": CLASSES,
         "preset_kwargs": {},
     }
+    model_spec = ModelSpec.from_config({**config, "network_spec": spec})
     checkpoint = save_checkpoint(
-        folder / "model.pt", {"network": spec, "model": network.state_dict(), "config": config}
+        folder / "model.pt", {"spec": model_spec.to_dict(), "model": network.state_dict()}
     )
     volume = _write_ct(folder / "ct.nii", size["volume"])
     options = {
-        "checkpoint": checkpoint,
+        "model": checkpoint,
         "sw_batch_size": 4,
         "overlap": 0.25,
         "progress": False,

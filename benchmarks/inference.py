@@ -1,6 +1,6 @@
 """End-to-end sliding-window inference: seconds per volume and peak memory, beside MONAI's networks.
 
-Each (case, model) runs :func:`attnunet.pipelines.inference.infer` on one synthetic CT-like NIfTI
+Each (case, model) runs :func:`attnunet.pipelines.inference.predict.infer` on one synthetic CT-like NIfTI
 volume in a fresh subprocess: read, CT preset, ``SlidingWindowInferer`` (ROI 96^3, overlap 0.25,
 Gaussian blending), ``Invertd``, argmax, write. The peak resident set size (``ru_maxrss``) is that
 model's alone. Models have the widths 32..512 (``init_features=32``, ``depth=4``), 1 input channel and
@@ -59,9 +59,10 @@ def worker(case_name: str, label: str, threads: int, repeats: int) -> dict:
     """Time ``infer`` for one model on one volume; runs inside its own process."""
     import torch
 
+    from attnunet.checkpoints import save_checkpoint
     from attnunet.networks import create_network
-    from attnunet.pipelines.checkpoints import save_checkpoint
-    from attnunet.pipelines.inference import infer
+    from attnunet.pipelines.inference.predict import infer
+    from attnunet.spec import ModelSpec
 
     torch.set_num_threads(threads)
     case = CASES[case_name]
@@ -99,17 +100,22 @@ def worker(case_name: str, label: str, threads: int, repeats: int) -> dict:
         root = Path(folder)
         checkpoint = save_checkpoint(
             root / "model.pt",
-            {"network": {"name": name, "kwargs": kwargs}, "model": model.state_dict(), "config": config},
+            {
+                "spec": ModelSpec.from_config(
+                    {**config, "network_spec": {"name": name, "kwargs": kwargs}}
+                ).to_dict(),
+                "model": model.state_dict(),
+            },
         )
         _write_volume(root / "warmup.nii", ROI)
         _write_volume(root / "volume.nii", case["shape"])
-        infer(root / "warmup.nii", root / "out", checkpoint=checkpoint, **options)
+        infer(root / "warmup.nii", root / "out", model=checkpoint, **options)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            infer(root / "volume.nii", root / "out", checkpoint=checkpoint, **options)
+            infer(root / "volume.nii", root / "out", model=checkpoint, **options)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)

@@ -43,7 +43,7 @@ from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 
 from attnunet.networks import create_network
-from attnunet.pipelines.datasets import discover_dataset, split_items
+from attnunet.pipelines.data.datasets import discover_dataset, split_items
 from attnunet.transforms.presets import build_transforms
 
 # the speed benchmarks' models, and nnU-Net's network at its own widths

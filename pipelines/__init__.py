@@ -1,5 +1,6 @@
-"""attnunet.pipelines: datasets, training, inference, evaluation and MLflow tracking.
+"""attnunet.pipelines: everything between files on disk and a trained, tracked, applied model.
 
-Import the submodule you need (``attnunet.pipelines.datasets``, ``.training``, ``.inference``,
-``.evaluation``, ``.demo_data``); this package itself imports nothing heavy.
+Sub-packages by concern: ``data`` (discovery, splits, checks), ``planning``, ``engines`` (training),
+``tracking`` (MLflow), ``inference``, ``evaluation``, ``bundle`` (MONAI bundles), ``demo`` and
+``commands`` (the CLI). This package itself imports nothing heavy.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from attnunet.pipelines.demo_data import write_demo_dataset
+from attnunet.pipelines.demo.data import write_demo_dataset
 
 
 @pytest.fixture(scope="session")

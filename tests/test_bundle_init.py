@@ -1,4 +1,4 @@
-"""``attnunet bundle init`` and :func:`attnunet.pipelines.bundle.init_bundle`: bundles for your own data."""
+"""``attnunet bundle init`` and :func:`~attnunet.pipelines.bundle.templates.init_bundle`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from attnunet.cli import main
-from attnunet.pipelines.bundle import bundle_template_dir, init_bundle
+from attnunet.pipelines.bundle.paths import bundle_template_dir
+from attnunet.pipelines.bundle.templates import init_bundle
 
 CONFIGS = (
     "metadata.json",
@@ -28,26 +29,20 @@ def _configs(root: Path) -> tuple[dict, dict, dict]:
     return read("train.json"), read("inference.json"), read("metadata.json")
 
 
-def _parser(root: Path, config: str) -> ConfigParser:
-    """The bundle's config as MONAI's commands read it: from the bundle's folder, with its metadata."""
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / config))
-    parser.read_meta(str(root / "configs" / "metadata.json"))
-    parser["bundle_root"] = str(root)
-    return parser
-
-
-def test_template_has_monai_layout():
+def test_template_has_the_model_zoo_layout():
     root = bundle_template_dir()
     for name in CONFIGS:
         assert (root / "configs" / name).is_file(), name
-    assert (root / "docs" / "README.md").is_file()
-    assert (root / "models").is_dir()
-    train, _, metadata = _configs(root)
-    assert train["network_def"]["_target_"] == "attnunet.AttentionUNet"
-    assert train["train"]["preprocessing"]["_target_"] == "attnunet.transforms.presets.build_transforms"
+    for name in ("LICENSE", "docs/README.md", "docs/data_license.txt", "models/README.md"):
+        assert (root / name).is_file(), name
+    train, inference, metadata = _configs(root)
+    assert train["config"]["_target_"] == "attnunet.pipelines.engines.config.planned_config"
+    assert inference["predictions"]["_target_"] == "attnunet.pipelines.inference.predict.infer"
     outputs = metadata["network_data_format"]["outputs"]["pred"]
-    assert outputs["num_channels"] == train["out_channels"] == len(outputs["channel_def"])
+    assert outputs["num_channels"] == inference["network_def"]["out_channels"] == len(outputs["channel_def"])
+    # no config reads another by a path relative to the working folder
+    for name in CONFIGS[:-1]:
+        assert "%configs" not in (root / "configs" / name).read_text(), name
 
 
 @pytest.mark.parametrize(
@@ -71,67 +66,49 @@ def test_template_has_monai_layout():
         ({"classes": ["background", "polyp"], "preset": "image2d", "roi_size": [32, 48]}, (1, 3, 32, 48), 2),
     ],
 )
-def test_init_bundle_writes_settings_and_verifies(tmp_path, monkeypatch, kwargs, in_shape, out_channels):
+def test_init_bundle_writes_settings_and_verifies(tmp_path, kwargs, in_shape, out_channels):
     root = init_bundle("mine", tmp_path, **kwargs)
     assert root == tmp_path / "mine"
     train, inference, metadata = _configs(root)
-    assert train["preset"] == kwargs["preset"]
-    assert train["roi_size"] == kwargs["roi_size"]
-    assert train["spatial_dims"] == len(kwargs["roi_size"])
-    assert train["out_channels"] == out_channels
+    assert (train["preset"], train["roi_size"]) == (kwargs["preset"], kwargs["roi_size"])
     assert train["pixdim"] == (None if "pixdim" not in kwargs else [float(p) for p in kwargs["pixdim"]])
+    assert inference["network_def"]["spatial_dims"] == len(kwargs["roi_size"])
+    assert inference["network_def"]["out_channels"] == out_channels == len(kwargs["classes"])
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert pred["channel_def"] == {str(i): c for i, c in enumerate(kwargs["classes"])}
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == kwargs["roi_size"]
-    # only the CT preset takes a window; every chain passes exactly the preset's options
-    expected_options = {"a_min", "a_max"} if kwargs["preset"] == "ct" else set()
-    assert set(train["preset_kwargs"]) == expected_options
-    for chain in (
-        train["train"]["preprocessing"],
-        train["validate"]["preprocessing"],
-        inference["preprocessing"],
-    ):
-        assert expected_options <= set(chain) and not ({"a_min", "a_max"} - expected_options) & set(chain)
-
+    assert json.loads((root / "configs" / "evaluate.json").read_text())["classes"] == kwargs["classes"]
     # MONAI's own check of the network against metadata.json, then the network's real output shape
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(root / "configs" / "metadata.json"),
-        config_file=str(root / "configs" / "train.json"),
+        config_file=str(root / "configs" / "inference.json"),
         device="cpu",
     )
-    monkeypatch.chdir(root)  # inference.json's %configs/train.json#... macros are relative to the bundle
-    parser = _parser(root, "inference.json")
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():
         assert network(torch.rand(in_shape)).shape == (1, out_channels, *in_shape[2:])
-    chain = parser.get_parsed_content("preprocessing")
-    assert type(chain.transforms[0]).__name__ == "LoadImaged"
 
 
-def test_init_bundle_custom_window_and_dataset(tmp_path, demo_dataset, monkeypatch):
+def test_init_bundle_custom_window_and_dataset(tmp_path, demo_dataset):
     root = init_bundle(
         "liver",
         tmp_path / "bundles",
         classes=["background", "organ", "lesion"],
         preset_kwargs={"a_min": -100, "a_max": 200},
-        dataset_dir=demo_dataset,
+        data=demo_dataset,
     )
     train, _, _ = _configs(root)
     assert train["preset_kwargs"] == {"a_min": -100, "a_max": 200}
-    assert Path(train["dataset_dir"]) == demo_dataset.resolve()
-    monkeypatch.chdir(root)
-    parser = _parser(root, "train.json")
-    window = [
-        t
-        for t in parser.get_parsed_content("validate#preprocessing").transforms
-        if "ScaleIntensityRange" in type(t).__name__
-    ]
-    assert (window[0].scaler.a_min, window[0].scaler.a_max) == (-100, 200)
-    items = parser.get_parsed_content("train#datalist") + parser.get_parsed_content("validate#datalist")
-    assert sorted(Path(i["image"]).name for i in items) == sorted(
-        p.name for p in (demo_dataset / "imagesTr").iterdir()
-    )
+    assert Path(train["data"]) == demo_dataset.resolve()
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser.update({"bundle_root": str(root), "plan": "none", "roi_size": [16, 16, 16]})
+    config = parser.get_parsed_content("config")  # the TrainConfig the bundle would train with
+    assert (config.data, config.preset_kwargs) == (str(demo_dataset.resolve()), {"a_min": -100, "a_max": 200})
+    assert config.output == f"{root}/models/run"
 
 
 def test_cli_bundle_init(tmp_path, capsys):
@@ -143,12 +120,12 @@ def test_cli_bundle_init(tmp_path, capsys):
     assert code == 0
     assert "python -m monai.bundle run" in capsys.readouterr().out
     train, _, metadata = _configs(tmp_path / "spleen")
-    assert (train["out_channels"], train["roi_size"], train["pixdim"]) == (2, [32, 32, 16], [1.5, 1.5, 2.0])
+    assert (train["roi_size"], train["pixdim"]) == ([32, 32, 16], [1.5, 1.5, 2.0])
     assert train["preset_kwargs"] == {"a_min": -100.0, "a_max": 200.0}
     assert metadata["name"] == "spleen"
     # no run outputs of the template (data, checkpoints, databases) are copied
     copied = {p.relative_to(tmp_path / "spleen").parts[0] for p in (tmp_path / "spleen").rglob("*")}
-    assert copied == {"configs", "docs", "models"}
+    assert copied == {"configs", "docs", "models", "LICENSE"}
 
 
 def test_cli_bundle_init_refuses_existing_folder(tmp_path, capsys):
@@ -190,5 +167,5 @@ def test_init_bundle_bad_name_and_dataset(tmp_path):
     with pytest.raises(ValueError, match="bundle name"):
         init_bundle("../escape", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing"):
-        init_bundle("ok", tmp_path, dataset_dir=tmp_path / "missing")
+        init_bundle("ok", tmp_path, data=tmp_path / "missing")
     assert not os.listdir(tmp_path)

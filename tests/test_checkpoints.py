@@ -1,57 +1,100 @@
-"""Checkpoint formats: today's round trip, and older checkpoints upgraded on load."""
+"""Checkpoint formats and the typed model spec: today's round trip, older checkpoints upgraded on load."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnunet.networks import create_network
-from attnunet.pipelines.checkpoints import (
+from attnunet.checkpoints import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
+from attnunet.spec import SPEC_VERSION, ModelSpec
 
-SPEC = {
+NETWORK = {
     "name": "attention_unet_3d_small",
     "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "depth": 2},
 }
+# what 'attnunet train' saved as "config" in formats 1 and 2
+CONFIG = {
+    "preset": "ct",
+    "preset_kwargs": {"a_min": -100},
+    "pixdim": [1.0, 1.0, 2.0],
+    "roi_size": [32, 32, 16],
+    "labels": {"0": "background", "1": "organ", "2": "lesion"},
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 3,
+    "sw_batch_size": 2,
+    "overlap": 0.5,
+}
+SPEC = ModelSpec.from_config({**CONFIG, "network_spec": NETWORK})
 
 
-def test_round_trip_keeps_the_format_and_the_weights(tmp_path):
-    model = create_network(SPEC["name"], **SPEC["kwargs"])
-    path = save_checkpoint(
-        tmp_path / "model.pt", {"network": SPEC, "model": model.state_dict(), "config": {}}
-    )
+def test_round_trip_keeps_the_format_the_spec_and_the_weights(tmp_path):
+    model = SPEC.build()
+    path = save_checkpoint(tmp_path / "model.pt", {"spec": SPEC.to_dict(), "model": model.state_dict()})
     assert load_checkpoint(path)["format"] == CHECKPOINT_FORMAT
-    loaded, _ = model_from_checkpoint(path)
+    loaded, spec = model_from_checkpoint(path)
+    assert spec == SPEC and spec.roi_size == (32, 32, 16) and spec.pixdim == (1.0, 1.0, 2.0)
+    assert (spec.overlap, spec.sw_batch_size, spec.preset_kwargs) == (0.5, 2, {"a_min": -100})
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("version", ["attnunet-checkpoint/1", "attnunet-checkpoint/2"])
+def test_older_formats_are_upgraded_to_a_typed_spec(tmp_path, version):
+    kwargs = {**NETWORK["kwargs"], "init_features": 4}
+    old = ModelSpec(NETWORK["name"], kwargs, CONFIG["labels"], "ct", (32, 32, 16)).build()
+    path = tmp_path / "old.pt"
+    network = {"name": NETWORK["name"], "kwargs": kwargs}
+    torch.save({"format": version, "network": network, "model": old.state_dict(), "config": CONFIG}, path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["format"] == CHECKPOINT_FORMAT and "network" not in checkpoint
+    model, spec = model_from_checkpoint(checkpoint)
+    assert spec.network_kwargs["init_features"] == 4 and spec.labels == CONFIG["labels"]
+    assert model.stem.conv_0.conv.out_channels == 4
 
 
 def test_format_1_small_preset_loads_with_its_8_features(tmp_path):
     # written before the small preset went from 8 to 16 features: its spec leaves the width to the preset
-    old = create_network(SPEC["name"], **SPEC["kwargs"], init_features=8)
+    old = ModelSpec(NETWORK["name"], {**NETWORK["kwargs"], "init_features": 8}, {}, "ct", (8, 8, 8)).build()
     path = tmp_path / "old.pt"
     torch.save(
-        {"format": "attnunet-checkpoint/1", "network": SPEC, "model": old.state_dict(), "config": {}}, path
+        {"format": "attnunet-checkpoint/1", "network": NETWORK, "model": old.state_dict(), "config": CONFIG},
+        path,
     )
-    checkpoint = load_checkpoint(path)
-    assert checkpoint["format"] == CHECKPOINT_FORMAT and checkpoint["network"]["kwargs"]["init_features"] == 8
-    model, _ = model_from_checkpoint(path)
-    assert model.stem.conv_0.conv.out_channels == 8
+    model, spec = model_from_checkpoint(path)
+    assert spec.network_kwargs["init_features"] == 8 and model.stem.conv_0.conv.out_channels == 8
     assert all(torch.equal(model.state_dict()[k], v) for k, v in old.state_dict().items())
 
 
-def test_format_1_with_an_explicit_width_keeps_it(tmp_path):
-    spec = {"name": SPEC["name"], "kwargs": {**SPEC["kwargs"], "init_features": 4}}
-    old = create_network(spec["name"], **spec["kwargs"])
-    path = tmp_path / "old.pt"
-    torch.save({"format": "attnunet-checkpoint/1", "network": spec, "model": old.state_dict()}, path)
-    assert model_from_checkpoint(path)[0].stem.conv_0.conv.out_channels == 4
+def test_an_old_checkpoint_without_its_run_config_is_refused_by_name(tmp_path):
+    torch.save({"format": "attnunet-checkpoint/2", "network": NETWORK, "model": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"x\.pt: lacks \['preset', 'roi_size'"):
+        load_checkpoint(tmp_path / "x.pt")
 
 
 def test_unknown_format_is_refused(tmp_path):
-    torch.save({"format": "attnunet-checkpoint/0", "network": SPEC, "model": {}}, tmp_path / "x.pt")
+    torch.save({"format": "attnunet-checkpoint/0", "network": NETWORK, "model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="is not an attnunet checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
+
+
+def test_a_spec_of_another_version_is_refused():
+    saved = {**SPEC.to_dict(), "version": SPEC_VERSION + 1}
+    with pytest.raises(ValueError, match=f"model spec version {SPEC_VERSION + 1} is not one this attnunet"):
+        ModelSpec.from_dict(saved, "model.pt")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"roi_size": (32, 32)}, r"roi_size \(32, 32\) is not 3D"),
+        ({"network_kwargs": {"spatial_dims": 3}}, r"lacks \['in_channels', 'out_channels'\]"),
+    ],
+)
+def test_an_inconsistent_spec_is_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(**{**SPEC.to_dict(), **change})

@@ -11,14 +11,14 @@ import pytest
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from PIL import Image
 
-from attnunet.pipelines.datasets import (
+from attnunet.pipelines.data.datasets import (
     DatasetIndex,
     discover_dataset,
     make_dataset,
     memory_budget_bytes,
     split_items,
 )
-from attnunet.pipelines.validation import DataValidationError
+from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.transforms.presets import build_transforms
 
 

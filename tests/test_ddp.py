@@ -14,8 +14,8 @@ from mlflow_server import free_port
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 
-from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
-from attnunet.pipelines.datasets import discover_dataset, split_items
+from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.pipelines.data.datasets import discover_dataset, split_items
 from attnunet.transforms.presets import build_transforms
 
 # torch's gloo backend occasionally aborts one rank from C++ ("terminate called without an active
@@ -63,7 +63,7 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
     index = discover_dataset(demo_dataset)
     _, val_items = split_items(index.items, val_fraction=0.5, seed=0)
     assert len(val_items) == 2
-    model, config = model_from_checkpoint(output / "checkpoints" / "last.pt")
+    model, spec = model_from_checkpoint(output / "checkpoints" / "last.pt")
     transform = build_transforms("ct", "val", pixdim=None)
     inferer = SlidingWindowInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -77,4 +77,4 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
     assert abs(per_case[0] - per_case[1]) > 1e-4  # the two ranks' cases are told apart
     assert logged_loss.value == pytest.approx(mean, abs=1e-5)
     assert load_checkpoint(output / "checkpoints" / "last.pt")["epoch"] == 1
-    assert config["network_spec"]["kwargs"]["init_features"] == 4
+    assert spec.network_kwargs["init_features"] == 4

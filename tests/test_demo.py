@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import pytest
 from mlflow.tracking import MlflowClient
 
 from attnunet.cli import main
-from attnunet.pipelines.demo import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
+from attnunet.pipelines.demo import run as demo_run
+from attnunet.pipelines.demo.run import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
 
 
 def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
@@ -20,6 +22,7 @@ def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
     args = ["demo", "--output", str(output), "--data", str(demo_dataset), "--epochs", "1", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    assert printed.startswith("attnunet demo trains with its own settings")
     for text in (
         "Dice organ",
         "Dice lesion",
@@ -63,3 +66,25 @@ def test_demo_rejects_bad_data_before_writing(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no imagesTs"):
         run_demo(tmp_path / "out", data=tmp_path / "no-test-cases")
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_prints_its_settings_before_it_trains(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise FileExistsError("stopped before training")  # a user error: exit status 2
+
+    monkeypatch.setattr(demo_run, "run_demo", refuse)
+    assert main(["demo", "--epochs", "3", "--device", "cpu"]) == 2
+    settings = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert settings["network"] == "attention_unet_3d_small"
+    assert settings["network_kwargs"] == "init_features=16, norm=instance, depth=3, attention_levels=[2, 3]"
+    assert settings["roi_size"] == "48 x 48 x 32" and settings["pixdim"] == "1.5 x 1.5 x 3.0"
+    assert (settings["epochs"], settings["val_every"], settings["device"]) == ("3", "3", "cpu")
+
+
+def test_help_shows_the_default_of_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    blocks = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])[1:]
+    options = [" ".join(block.split()) for block in blocks if not block.startswith("-h")]
+    assert len(options) == 7 and all("(default: " in text for text in options)
+    assert any("(default: 30)" in text for text in options)

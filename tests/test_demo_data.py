@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from attnunet.pipelines.demo_data import DEMO_LABELS, demo_affine, write_demo_dataset
+from attnunet.pipelines.demo.data import DEMO_LABELS, demo_affine, write_demo_dataset
 
 
 def arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from attnunet.pipelines.devices import choose_devices, estimate_stitching_bytes, fits_on_gpu, gpu_free_bytes
+from attnunet.pipelines.inference.devices import (
+    choose_devices,
+    estimate_stitching_bytes,
+    fits_on_gpu,
+    gpu_free_bytes,
+)
 
 CUDA = torch.cuda.is_available()
 GIB = 2**30

@@ -1,19 +1,20 @@
-"""Dice, HD95 and surface Dice of predictions against labels (pipelines/evaluation.py)."""
+"""Dice, HD95 and surface Dice of predictions against labels (pipelines/evaluation/metrics.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from attnunet.checkpoints import save_checkpoint
 from attnunet.cli import main
-from attnunet.networks import create_network
-from attnunet.pipelines.checkpoints import save_checkpoint
-from attnunet.pipelines.evaluation import evaluate
-from attnunet.pipelines.inference import infer
+from attnunet.pipelines.evaluation.metrics import evaluate
+from attnunet.pipelines.inference.predict import infer
+from attnunet.spec import ModelSpec
 
 CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
 SHAPE = (24, 20, 12)
@@ -100,6 +101,25 @@ def test_metrics_match_independent_computation(cases, tmp_path):
         ("lesion", "hd95"),
         ("mean", "nsd"),
     }
+
+
+def test_summary_mean_rows_count_the_classes_they_average(tmp_path):
+    """The lesion is never predicted, so it has no finite HD95: the HD95 mean is the organ's alone."""
+    label = _label()
+    _save(tmp_path / "labels" / "a.nii.gz", label)
+    _save(tmp_path / "predictions" / "a.nii.gz", np.where(label == 2, 1, label))
+    summary = evaluate(
+        tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "e", class_names=CLASSES
+    )
+    with open(tmp_path / "e" / "summary.csv", newline="") as stream:
+        means = {row["metric"]: row for row in csv.DictReader(stream) if row["class"] == "mean"}
+    assert summary["classes"]["lesion"]["hd95"]["n"] == 0
+    assert {metric: row["classes"] for metric, row in means.items()} == {"dice": "2", "hd95": "1", "nsd": "2"}
+    assert means["hd95"]["n"] == "" and float(means["hd95"]["mean"]) == pytest.approx(
+        summary["classes"]["organ"]["hd95"]["mean"], rel=1e-5
+    )
+    saved = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert saved["mean_classes"] == summary["mean_classes"] == {"dice": 2, "hd95": 1, "nsd": 2}
 
 
 def test_surface_dice_tolerance_is_in_millimetres(tmp_path):
@@ -212,15 +232,28 @@ def test_cli_exit_status_reports_missing_predictions(cases, tmp_path, capsys):
     assert "exist" in capsys.readouterr().err
 
 
+def test_help_shows_the_default_of_every_optional_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    blocks = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])[1:]
+    options = [" ".join(block.split()) for block in blocks]
+    optional = [
+        text for text in options if not text.startswith(("-h", "--predictions", "--labels", "--output"))
+    ]
+    assert len(optional) == 5 and all("(default: " in text for text in optional)
+    assert any("(default: [2.0])" in text for text in optional)
+
+
 def test_infer_then_evaluate_on_the_demo_dataset(demo_dataset, tmp_path):
     """Predictions written by ``infer`` line up with the dataset labels: same names, shapes and affines."""
     kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
-    config = {"preset": "ct", "pixdim": [4.0, 4.0, 5.0], "roi_size": [16, 16, 16], "labels": CLASSES}
-    config.update(spatial_dims=3, in_channels=1, out_channels=3, preset_kwargs={})
-    spec = {"network": {"name": "attention_unet", "kwargs": kwargs}, "config": config}
-    spec["model"] = create_network("attention_unet", **kwargs).state_dict()
-    checkpoint = save_checkpoint(tmp_path / "model.pt", spec)
-    infer(demo_dataset / "imagesTs", tmp_path / "predictions", checkpoint=checkpoint, progress=False)
+    spec = ModelSpec(
+        "attention_unet", kwargs, labels=CLASSES, preset="ct", roi_size=(16, 16, 16), pixdim=(4.0, 4.0, 5.0)
+    )
+    checkpoint = save_checkpoint(
+        tmp_path / "model.pt", {"spec": spec.to_dict(), "model": spec.build().state_dict()}
+    )
+    infer(demo_dataset / "imagesTs", tmp_path / "predictions", model=checkpoint, progress=False)
     summary = evaluate(
         tmp_path / "predictions", demo_dataset / "labelsTs", output_dir=tmp_path / "eval", class_names=CLASSES
     )

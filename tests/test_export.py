@@ -8,10 +8,11 @@ import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from attnunet import AttentionUNet, create_network
+from attnunet import AttentionUNet
+from attnunet.checkpoints import save_checkpoint
 from attnunet.cli import main
 from attnunet.export import export_onnx, export_torchscript
-from attnunet.pipelines.checkpoints import save_checkpoint
+from attnunet.spec import ModelSpec
 
 TINY = {"init_features": 4, "depth": 2}
 
@@ -101,15 +102,10 @@ def test_cli_export_preset_to_torchscript(tmp_path, capsys):
 
 
 def test_cli_export_checkpoint_to_onnx_uses_the_roi_size(tmp_path):
-    spec = {
-        "name": "attention_unet",
-        "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **TINY},
-    }
-    model = create_network(spec["name"], **spec["kwargs"])
-    checkpoint = save_checkpoint(
-        tmp_path / "best.pt",
-        {"network": spec, "model": model.state_dict(), "config": {"roi_size": [12, 10, 8]}, "epoch": 1},
-    )
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **TINY}
+    spec = ModelSpec("attention_unet", kwargs, {"0": "background", "1": "organ"}, "ct", (12, 10, 8))
+    model = spec.build()
+    checkpoint = save_checkpoint(tmp_path / "best.pt", {"spec": spec.to_dict(), "model": model.state_dict()})
     output = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(output)]) == 0
     graph = onnx.load(str(output))

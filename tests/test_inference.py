@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.networks.blocks import Convolution
 from scipy import ndimage
 
-from attnunet import AttentionUNet
+from attnunet.checkpoints import save_checkpoint
 from attnunet.cli import main
+from attnunet.models import load_model
 from attnunet.networks import create_network
-from attnunet.pipelines.bundle import bundle_template_dir
-from attnunet.pipelines.checkpoints import save_checkpoint
-from attnunet.pipelines.inference import discover_inputs, infer, load_model
+from attnunet.pipelines.bundle.paths import bundle_template_dir
+from attnunet.pipelines.inference.inputs import discover_inputs
+from attnunet.pipelines.inference.predict import infer
+from attnunet.spec import ModelSpec
 from attnunet.transforms.readers import SimpleITKReader
 
+THRESHOLD_NET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "kernel_size": 1, "conv_only": True}
 CLASSES = {"0": "background", "1": "organ", "2": "lesion"}
 TINY = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
 CONFIG = {
@@ -75,6 +79,10 @@ def read(path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj), image.affine
 
 
+def _spec(config: dict, kwargs: dict) -> ModelSpec:
+    return ModelSpec.from_config({**config, "network_spec": {"name": "attention_unet", "kwargs": kwargs}})
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny AttentionUNet checkpoint (random weights) with a CT preset that resamples to 1.5x1.5x2 mm."""
@@ -83,11 +91,7 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.pt"
     return save_checkpoint(
         path,
-        {
-            "network": {"name": "attention_unet", "kwargs": TINY},
-            "model": model.state_dict(),
-            "config": CONFIG,
-        },
+        {"spec": _spec(CONFIG, TINY).to_dict(), "model": model.state_dict(), "config": CONFIG},
     )
 
 
@@ -98,25 +102,53 @@ def threshold_bundle(tmp_path_factory):
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     inference = {
-        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 3, "kernel_size": 1},
+        "network_def": {"_target_": "monai.networks.blocks.Convolution", **THRESHOLD_NET},
         **{key: value for key, value in CONFIG.items() if key != "labels"},
         "pixdim": None,
     }
     (root / "configs" / "inference.json").write_text(json.dumps(inference))
     metadata = {"network_data_format": {"outputs": {"pred": {"channel_def": CLASSES}}}}
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    conv = torch.nn.Conv3d(1, 3, 1)
+    net = Convolution(**THRESHOLD_NET)
     with torch.no_grad():
-        conv.weight.copy_(torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1, 1))
-        conv.bias.copy_(torch.tensor([0.0, -3.0, -10.0]))
-    torch.save(conv.state_dict(), root / "models" / "model.pt")
+        net.conv.weight.copy_(torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1, 1))
+        net.conv.bias.copy_(torch.tensor([0.0, -3.0, -10.0]))
+    torch.save(net.state_dict(), root / "models" / "model.pt")
     return root
+
+
+@pytest.mark.parametrize(
+    ("network_def", "message"),
+    [
+        ({"_target_": "$__import__('pathlib').Path('MARKER').touch()"}, "expression"),
+        (
+            {"_target_": "monai.networks.blocks.Convolution", "spatial_dims": "$open('MARKER', 'w')"},
+            "expression",
+        ),
+        ({"_target_": "os.system", "command": "touch MARKER"}, "outside attnunet and monai.networks"),
+        ("%configs/train.json#network_def", "expression"),
+    ],
+)
+def test_a_bundle_never_runs_code_from_its_files(
+    threshold_bundle, tmp_path, monkeypatch, network_def, message
+):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(threshold_bundle, bundle)
+    state = torch.load(bundle / "models" / "model.pt")
+    torch.save({"conv.weight": state["conv.weight"]}, bundle / "models" / "model.pt")  # a bare state dict
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "network_def": network_def}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message) as error:
+        load_model(bundle)
+    assert "python -m monai.bundle run" in str(error.value)
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_oblique_prediction_has_exactly_the_input_shape_and_affine(checkpoint, tmp_path):
     affine = oblique_affine()
     image = save_nifti(tmp_path / "in" / "scan.nii.gz", random_volume(), affine)
-    written = infer(image, tmp_path / "out", checkpoint=checkpoint, save_probabilities=True, progress=False)
+    written = infer(image, tmp_path / "out", model=checkpoint, probabilities=True, progress=False)
     assert written == [tmp_path / "out" / "scan.nii.gz"]
     labels, label_affine = read(written[0])
     assert labels.shape == (23, 19, 13) and labels.dtype == np.uint8
@@ -133,17 +165,17 @@ def test_prediction_is_in_the_input_voxel_grid(threshold_bundle, tmp_path):
     """Orientation is undone voxel for voxel: the known per-voxel rule holds in the input's own grid."""
     volume = random_volume(seed=1)
     image = save_nifti(tmp_path / "scan.nii.gz", volume, oblique_affine())
-    plain = infer(image, tmp_path / "plain", bundle=threshold_bundle, progress=False)
+    plain = infer(image, tmp_path / "plain", model=threshold_bundle, progress=False)
     labels, _ = read(plain[0])
     assert np.array_equal(labels, expected_classes(volume))
     # the convolution is flip-equivariant, so flip TTA must give the same segmentation
-    flipped = infer(image, tmp_path / "tta", bundle=threshold_bundle, tta=True, progress=False)
+    flipped = infer(image, tmp_path / "tta", model=threshold_bundle, tta=True, progress=False)
     assert np.array_equal(read(flipped[0])[0], labels)
 
 
 def test_tta_averages_flips_for_a_real_network(checkpoint, tmp_path):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=2), oblique_affine())
-    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False}
+    options = {"model": checkpoint, "probabilities": True, "progress": False}
     infer(image, tmp_path / "plain", **options)
     infer(image, tmp_path / "tta", tta=True, **options)
     plain = read(tmp_path / "plain" / "probabilities" / "scan.nii.gz")[0]
@@ -157,9 +189,9 @@ def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
     volume[2:8, 2:8, 2:8] = 500.0  # organ, 216 voxels
     volume[14:17, 14:17, 6:9] = 500.0  # organ, 27 voxels, not touching
     image = save_nifti(tmp_path / "scan.nii.gz", volume, oblique_affine())
-    raw = read(infer(image, tmp_path / "raw", bundle=threshold_bundle, progress=False)[0])[0]
+    raw = read(infer(image, tmp_path / "raw", model=threshold_bundle, progress=False)[0])[0]
     kept = read(
-        infer(image, tmp_path / "lcc", bundle=threshold_bundle, largest_component=True, progress=False)[0]
+        infer(image, tmp_path / "lcc", model=threshold_bundle, largest_component=True, progress=False)[0]
     )[0]
     assert ndimage.label(raw == 1)[1] == 2
     assert ndimage.label(kept == 1)[1] == 1
@@ -169,13 +201,15 @@ def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
 
 
 def test_models_uri_equals_checkpoint(checkpoint, tmp_path):
-    from attnunet.pipelines.checkpoints import model_from_checkpoint
-    from attnunet.pipelines.tracking import RunTracker
+    from attnunet.checkpoints import model_from_checkpoint
+    from attnunet.pipelines.tracking.mlflow_runs import RunTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model, config = model_from_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(checkpoint)
     tracker = RunTracker(uri, experiment="inference-test")
-    tracker.log_config(config)
+    tracker.log_config(CONFIG)
+    best = shutil.copy(checkpoint, tmp_path / "best.pt")
+    tracker.log_artifact(best, artifact_path="checkpoints")  # what 'attnunet train' logs
     model_uri = tracker.log_model(
         model,
         in_channels=1,
@@ -188,9 +222,9 @@ def test_models_uri_equals_checkpoint(checkpoint, tmp_path):
     tracker.end()
     assert model_uri == "models:/tiny@champion"
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=3), oblique_affine())
-    options = {"save_probabilities": True, "progress": False}
-    infer(image, tmp_path / "from_checkpoint", checkpoint=checkpoint, **options)
-    infer(image, tmp_path / "from_registry", model_uri=model_uri, tracking_uri=uri, **options)
+    options = {"probabilities": True, "progress": False}
+    infer(image, tmp_path / "from_checkpoint", model=checkpoint, **options)
+    infer(image, tmp_path / "from_registry", model=model_uri, tracking_uri=uri, **options)
     for name in ("scan.nii.gz", "probabilities/scan.nii.gz"):
         a, b = (read(tmp_path / folder / name) for folder in ("from_checkpoint", "from_registry"))
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
@@ -209,7 +243,7 @@ def test_dicom_series_folder_gives_one_case_per_series_in_its_geometry(
     write_dicom_series(volume, folder, uids[0], "first")
     write_dicom_series(volume, folder, uids[1], "second", shuffle_seed=3)
     assert [case.name for case in discover_inputs(folder)] == [f"patient_{uid}" for uid in uids]
-    written = infer(folder, tmp_path / "out", bundle=threshold_bundle, progress=False)
+    written = infer(folder, tmp_path / "out", model=threshold_bundle, progress=False)
     reader = SimpleITKReader(series_uid=uids[0])
     array, meta = reader.get_data(reader.read(folder))
     for path in written:
@@ -225,7 +259,7 @@ def test_csv_and_folder_inputs(tmp_path, threshold_bundle):
     (tmp_path / "list.csv").write_text("image,label\nscans/b.nii.gz,\nscans/a.nii.gz,\n")
     assert [case.name for case in discover_inputs(tmp_path / "list.csv")] == ["b", "a"]
     assert [case.name for case in discover_inputs(tmp_path / "scans")] == ["a", "b"]
-    written = infer(tmp_path / "list.csv", tmp_path / "out", bundle=threshold_bundle, progress=False)
+    written = infer(tmp_path / "list.csv", tmp_path / "out", model=threshold_bundle, progress=False)
     assert [path.name for path in written] == ["b.nii.gz", "a.nii.gz"]
     with pytest.raises(ValueError, match="case name 'a'"):
         discover_inputs([tmp_path / "scans", tmp_path / "scans" / "a.nii.gz"])
@@ -234,23 +268,23 @@ def test_csv_and_folder_inputs(tmp_path, threshold_bundle):
 def test_existing_outputs_are_kept_and_failed_runs_leave_nothing(threshold_bundle, tmp_path):
     scans = tmp_path / "scans"
     save_nifti(scans / "a.nii.gz", random_volume((12, 10, 8)), np.eye(4))
-    infer(scans / "a.nii.gz", tmp_path / "out", bundle=threshold_bundle, progress=False)
+    infer(scans / "a.nii.gz", tmp_path / "out", model=threshold_bundle, progress=False)
     before = (tmp_path / "out" / "a.nii.gz").read_bytes()
     with pytest.raises(FileExistsError, match="a.nii.gz"):
-        infer(scans, tmp_path / "out", bundle=threshold_bundle, progress=False)
+        infer(scans, tmp_path / "out", model=threshold_bundle, progress=False)
     (scans / "b.nii.gz").write_bytes(b"not a nifti file")
     with pytest.raises(ValueError, match="b.nii.gz cannot be read"):
-        infer(scans, tmp_path / "out", bundle=threshold_bundle, overwrite=True, progress=False)
+        infer(scans, tmp_path / "out", model=threshold_bundle, overwrite=True, progress=False)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.nii.gz"]  # no temporary files
     save_nifti(scans / "a.nii.gz", 1000.0 - random_volume((12, 10, 8)), np.eye(4))
     (scans / "b.nii.gz").unlink()
-    infer(scans, tmp_path / "out", bundle=threshold_bundle, overwrite=True, progress=False)
+    infer(scans, tmp_path / "out", model=threshold_bundle, overwrite=True, progress=False)
     assert (tmp_path / "out" / "a.nii.gz").read_bytes() != before
 
 
 def test_explicit_cpu_devices_match_auto(threshold_bundle, checkpoint, tmp_path):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=5), oblique_affine())
-    options = {"checkpoint": checkpoint, "save_probabilities": True, "progress": False, "overlap": 0.5}
+    options = {"model": checkpoint, "probabilities": True, "progress": False, "overlap": 0.5}
     infer(image, tmp_path / "auto", **options)
     infer(image, tmp_path / "cpu", device="cpu", sw_device="cpu", sw_batch_size=1, **options)
     a = read(tmp_path / "auto" / "probabilities" / "scan.nii.gz")[0]
@@ -258,25 +292,19 @@ def test_explicit_cpu_devices_match_auto(threshold_bundle, checkpoint, tmp_path)
     assert np.allclose(a, b, atol=1e-5)
 
 
-def test_load_model_from_the_template_bundle(tmp_path):
+def test_load_model_from_the_template_bundle(tmp_path, checkpoint):
     bundle = tmp_path / "attention_unet"
     shutil.copytree(bundle_template_dir(), bundle)
-    train = json.loads((bundle / "configs" / "train.json").read_text())
-    torch.manual_seed(0)
-    network = AttentionUNet(
-        3, train["in_channels"], train["out_channels"], init_features=train["init_features"]
-    )
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    model, config = load_model(bundle)
-    assert config["preset"] == train["preset"] and list(config["roi_size"]) == train["roi_size"]
-    assert len(config["labels"]) == train["out_channels"]
-    for name, value in network.state_dict().items():
-        assert torch.equal(model.state_dict()[name], value)
+    shutil.copy(checkpoint, bundle / "models" / "model.pt")  # what training the bundle leaves there
+    model, spec = load_model(bundle)
+    assert spec == load_model(checkpoint)[1] and spec.preset == CONFIG["preset"]
+    network = create_network("attention_unet_3d_small", spatial_dims=3, in_channels=1, out_channels=3)
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")  # a bare state dict says too little
+    with pytest.raises(ValueError, match=r"lacks \['preset', 'roi_size'\]"):
+        load_model(bundle)
 
 
 ILL_OPTIONS = [
-    ({}, "exactly one"),
-    ({"model_uri": "models:/x@y"}, "exactly one"),
     ({"roi_size": (16, 16)}, "roi_size"),
     ({"overlap": 1.0}, "overlap"),
     ({"sw_batch_size": 0}, "sw_batch_size"),
@@ -288,7 +316,7 @@ ILL_OPTIONS = [
 @pytest.mark.parametrize("kwargs, message", ILL_OPTIONS)
 def test_bad_options(threshold_bundle, tmp_path, kwargs, message):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
-    options = {"progress": False, **({} if kwargs == {} else {"bundle": threshold_bundle}), **kwargs}
+    options = {"progress": False, "model": threshold_bundle, **kwargs}
     with pytest.raises(ValueError, match=message):
         infer(image, tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
@@ -297,35 +325,28 @@ def test_bad_options(threshold_bundle, tmp_path, kwargs, message):
 def test_bad_model_sources(tmp_path, checkpoint):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        infer(image, tmp_path / "out", checkpoint=tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="bundle folder"):
-        infer(image, tmp_path / "out", bundle=checkpoint)
-    with pytest.raises(FileNotFoundError, match="configs/inference.json"):
+        infer(image, tmp_path / "out", model=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="scan.nii.gz cannot be read"):
+        infer(image, tmp_path / "out", model=image)
+    with pytest.raises(FileNotFoundError, match="has no models/model.pt"):
         load_model(tmp_path)
     model = create_network("attention_unet", **TINY)
-    incomplete = {key: value for key, value in CONFIG.items() if key != "preset"}
-    spec = {
-        "network": {"name": "attention_unet", "kwargs": TINY},
-        "model": model.state_dict(),
-        "config": incomplete,
-    }
-    with pytest.raises(ValueError, match="lacks \\['preset'\\]"):
-        infer(image, tmp_path / "out", checkpoint=save_checkpoint(tmp_path / "incomplete.pt", spec))
+    spec = {"spec": _spec(CONFIG, TINY).to_dict(), "model": model.state_dict(), "config": CONFIG}
     # weights of another network layout (the two-convolution decoder stages of earlier versions)
     old_layout = {k.replace(".conv.", ".convs.conv_0.", 1) if k.startswith("decoder.") else k: v
                   for k, v in model.state_dict().items()}  # fmt: skip
     stale = save_checkpoint(tmp_path / "stale.pt", {**spec, "model": old_layout, "config": CONFIG})
     with pytest.raises(ValueError, match="stale.pt: its weights do not fit the network it names"):
-        infer(image, tmp_path / "out", checkpoint=stale)
+        infer(image, tmp_path / "out", model=stale)
     assert not (tmp_path / "out").exists()
 
 
 def test_bundle_given_by_a_relative_path(threshold_bundle, tmp_path, monkeypatch):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume((12, 10, 8)), np.eye(4))
     monkeypatch.chdir(threshold_bundle.parent)
-    model, config = load_model(threshold_bundle.name)
-    assert isinstance(model, torch.nn.Conv3d) and config["labels"] == CLASSES
-    infer(image, tmp_path / "out", bundle=threshold_bundle.name, progress=False)
+    model, spec = load_model(threshold_bundle.name)
+    assert isinstance(model.conv, torch.nn.Conv3d) and spec.labels == CLASSES
+    infer(image, tmp_path / "out", model=threshold_bundle.name, progress=False)
     assert (tmp_path / "out" / "scan.nii.gz").is_file()
 
 
@@ -347,7 +368,7 @@ def test_bad_inputs(tmp_path, threshold_bundle):
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((12, 10, 1, 2), dtype=np.float32), np.eye(4)), str(flat))
     with pytest.raises(ValueError, match="flat.nii.gz"):
-        infer(flat, tmp_path / "out", bundle=threshold_bundle, progress=False)
+        infer(flat, tmp_path / "out", model=threshold_bundle, progress=False)
 
 
 def test_cli(threshold_bundle, tmp_path, capsys):
@@ -374,13 +395,13 @@ def test_2d_png_with_a_one_channel_sigmoid_model(tmp_path):
     config = {**CONFIG, "preset": "image2d", "pixdim": None, "roi_size": [16, 16], "preset_kwargs": {}}
     config.update(spatial_dims=2, in_channels=3, out_channels=1, labels={"0": "background", "1": "object"})
     torch.manual_seed(0)
-    spec = {"network": {"name": "attention_unet", "kwargs": kwargs}, "config": config}
+    spec = {"spec": _spec(config, kwargs).to_dict(), "config": config}
     spec["model"] = create_network("attention_unet", **kwargs).state_dict()
     checkpoint = save_checkpoint(tmp_path / "model2d.pt", spec)
     pixels = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "photo.png")
-    options = {"checkpoint": checkpoint, "tta": True, "largest_component": True, "progress": False}
-    written = infer(tmp_path / "photo.png", tmp_path / "out", save_probabilities=True, **options)
+    options = {"model": checkpoint, "tta": True, "largest_component": True, "progress": False}
+    written = infer(tmp_path / "photo.png", tmp_path / "out", probabilities=True, **options)
     labels, _ = read(written[0])
     probabilities, _ = read(tmp_path / "out" / "probabilities" / "photo.nii.gz")
     assert labels.shape == (30, 20, 1, 1) and probabilities.shape == (30, 20, 1, 1)  # PIL: width first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -10,8 +11,14 @@ import numpy as np
 import pytest
 
 from attnunet.cli import main
-from attnunet.pipelines.planning import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
-from attnunet.pipelines.validation import DataValidationError
+from attnunet.pipelines.data.validation import DataValidationError
+from attnunet.pipelines.planning.plan import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
+from attnunet.pipelines.planning.rules import (
+    depth_for,
+    patches_per_batch,
+    sliding_window_batch,
+    target_spacing,
+)
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 
@@ -197,6 +204,26 @@ def test_cli_prints_the_table_and_writes_the_plan(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and load_plan(out)["overlap"] == 0.25
     assert main(["plan", str(root), "--output", str(out), "--set", "overlap=0.5", "--overwrite"]) == 0
     assert load_plan(out)["overlap"] == 0.5
+
+
+def test_help_shows_the_default_of_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    blocks = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])[1:]
+    options = [" ".join(block.split()) for block in blocks if not block.startswith("-h")]
+    assert len(options) == 6 and all("(default: " in text for text in options)
+    assert any("(default: 20)" in text for text in options)
+
+
+def test_rules_on_their_own():
+    assert depth_for([24, 44, 36]) == 2 and depth_for([2, 2, 2]) == 1 and depth_for([512, 512, 512]) == 5
+    spacings = np.array([[0.7, 0.7, 5.0], [0.8, 0.8, 3.0], [0.9, 0.9, 5.0]])
+    assert target_spacing(spacings) == [0.8, 0.8, pytest.approx(np.percentile([5.0, 3.0, 5.0], 10))]
+    assert target_spacing(spacings[:, :2]) == [0.8, 0.8]  # isotropic enough: the medians
+    gib = 2.0**30
+    assert patches_per_batch([64, 64, 64], gib, 1e12, 100 * gib) == 100  # the budget limits
+    assert patches_per_batch([64, 64, 64], gib, 64**3 * 20, 100 * gib) == 2  # 5% of a small dataset
+    assert sliding_window_batch(gib, 0.1 * gib) == 1 and sliding_window_batch(gib, 100 * gib) == 8
 
 
 def test_format_plan_lists_every_class(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from monai.transforms import LoadImage, Orientation
 
-from attnunet.pipelines.datasets import discover_dataset
-from attnunet.pipelines.validation import validate_items
+from attnunet.pipelines.data.datasets import discover_dataset
+from attnunet.pipelines.data.validation import validate_items
 from attnunet.transforms.headers import read_header
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader, list_dicom_series

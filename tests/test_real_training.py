@@ -19,10 +19,10 @@ from monai.inferers import SlidingWindowInferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
-from attnunet.pipelines.checkpoints import model_from_checkpoint
-from attnunet.pipelines.datasets import discover_dataset, split_items
-from attnunet.pipelines.planning import plan_dataset
-from attnunet.pipelines.training import config_from_plan, train
+from attnunet.checkpoints import model_from_checkpoint
+from attnunet.pipelines.data.datasets import discover_dataset, split_items
+from attnunet.pipelines.engines import config_from_plan, train
+from attnunet.pipelines.planning.plan import plan_dataset
 from attnunet.transforms.presets import build_transforms
 
 HIPPOCAMPUS = Path(__file__).parents[2] / "shared" / "data" / "Task04_Hippocampus"

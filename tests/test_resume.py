@@ -14,8 +14,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from attnunet.checkpoints import load_checkpoint
 from attnunet.cli import main
-from attnunet.pipelines.checkpoints import load_checkpoint
 
 EPOCHS = 4
 
@@ -72,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume(demo_dataset, tmp_path, capsys, caplog, m
     last = load_checkpoint(output / "checkpoints" / "last.pt")  # intact: written atomically
     assert last["epoch"] == 1  # epoch 1 survived; only the interrupted epoch 2 is lost
 
-    with caplog.at_level(logging.INFO, logger="attnunet.pipelines.training"):
+    with caplog.at_level(logging.INFO, logger="attnunet.pipelines.engines.training"):
         assert main(_command(demo_dataset, output, tracking_uri, "--resume")[3:]) == 0
     assert "after epoch 1" in caplog.text
     assert f"epoch 1/{EPOCHS} started" not in caplog.text and f"epoch 2/{EPOCHS} started" in caplog.text

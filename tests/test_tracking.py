@@ -13,16 +13,16 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from mlflow_server import free_port, mlflow_server  # noqa: F401  (the session-scoped server fixture)
 from test_training import tiny_config
 
-from attnunet.pipelines.checkpoints import model_from_checkpoint
-from attnunet.pipelines.tracking import (
+from attnunet.checkpoints import model_from_checkpoint
+from attnunet.models import load_model
+from attnunet.pipelines.engines import train
+from attnunet.pipelines.tracking.mlflow_runs import (
     CONFIG_ARTIFACT,
     RunTracker,
     check_tracking_server,
     flatten_params,
-    load_registered_model,
     resolve_tracking_uri,
 )
-from attnunet.pipelines.training import train
 
 
 def test_flatten_params_nests_and_leaves_out_overlong_values():
@@ -115,15 +115,15 @@ def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_pat
     assert version.run_id == run.info.run_id
 
     # The registered model predicts what the checkpoint does, for any batch and spatial size.
-    checkpoint_model, checkpoint_config = model_from_checkpoint(result.best_checkpoint)
-    model, config_back = load_registered_model("models:/tiny-attnunet@champion", tracking_uri=mlflow_server)
+    checkpoint_model, checkpoint_spec = model_from_checkpoint(result.best_checkpoint)
+    model, spec_back = load_model("models:/tiny-attnunet@champion", tracking_uri=mlflow_server)
     assert not mlflow.is_tracking_uri_set()
     mlflow.set_tracking_uri(mlflow_server)
     try:
         registered = mlflow.pytorch.load_model("models:/tiny-attnunet@champion").eval()
     finally:
         mlflow.set_tracking_uri(None)
-    assert config_back == checkpoint_config
+    assert spec_back == checkpoint_spec
     torch.manual_seed(0)
     with torch.no_grad():
         for shape in ((1, 1, 32, 32, 16), (4, 1, 32, 32, 16), (2, 1, 40, 24, 20)):
@@ -133,6 +133,6 @@ def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_pat
             torch.testing.assert_close(model(x), expected)
 
 
-def test_load_registered_model_bad_uri(mlflow_server):  # noqa: F811
+def test_load_model_bad_registry_uri(mlflow_server):  # noqa: F811
     with pytest.raises(ValueError, match="cannot be loaded"):
-        load_registered_model("models:/no-such-model@champion", tracking_uri=mlflow_server)
+        load_model("models:/no-such-model@champion", tracking_uri=mlflow_server)

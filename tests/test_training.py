@@ -16,10 +16,11 @@ import pytest
 import torch
 from mlflow_server import free_port
 
+from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.cli import main
-from attnunet.pipelines.checkpoints import load_checkpoint, model_from_checkpoint
-from attnunet.pipelines.planning import load_plan
-from attnunet.pipelines.training import TrainConfig, further_epochs, train
+from attnunet.pipelines.engines import TrainConfig, train
+from attnunet.pipelines.engines.handlers import further_epochs
+from attnunet.pipelines.planning.plan import load_plan
 
 TINY = {
     "roi_size": (32, 32, 16),
@@ -96,14 +97,14 @@ def test_two_cpu_runs_give_the_same_losses_and_the_disk_cache_fallback(demo_data
 
     # Checkpoints follow the contract and rebuild their own network.
     last = load_checkpoint(first.last_checkpoint)
-    assert last["epoch"] == 1 and {"optimizer", "scheduler", "scaler", "best_metric", "network"} <= set(last)
-    model, config = model_from_checkpoint(first.best_checkpoint)
-    for key in ("preset", "pixdim", "roi_size", "labels", "spatial_dims", "in_channels", "out_channels"):
-        assert key in config
-    assert config["labels"] == {"0": "background", "1": "organ", "2": "lesion"}
-    assert (config["in_channels"], config["out_channels"], config["spatial_dims"]) == (1, 3, 3)
+    assert last["epoch"] == 1 and {"optimizer", "scheduler", "scaler", "best_metric", "spec"} <= set(last)
+    assert "optimizer" not in load_checkpoint(first.best_checkpoint)  # best.pt: no resume-only state
+    model, spec = model_from_checkpoint(first.best_checkpoint)
+    assert spec.labels == {"0": "background", "1": "organ", "2": "lesion"} and spec.preset == "ct"
+    assert (spec.in_channels, spec.out_channels, spec.spatial_dims) == (1, 3, 3)
+    assert spec.roi_size == tuple(first.config["roi_size"]) and spec.network == first.config["network"]
     assert model(torch.zeros(1, 1, 24, 20, 12)).shape == (1, 3, 24, 20, 12)
-    assert json.loads((tmp_path / "a" / "config.json").read_text()) == config
+    assert json.loads((tmp_path / "a" / "config.json").read_text()) == last["config"]
 
 
 def _binary_copy(source: Path, target: Path) -> Path:

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from attnunet.pipelines.datasets import discover_dataset
-from attnunet.pipelines.validation import DataValidationError, validate_items
+from attnunet.pipelines.data.datasets import discover_dataset
+from attnunet.pipelines.data.validation import DataValidationError, validate_items
 
 LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 

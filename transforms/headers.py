@@ -1,9 +1,11 @@
 """Image headers without the pixel data: shape, channels, geometry and type, read the way the presets read.
 
-Dataset checks (:mod:`attnunet.pipelines.validation`) and cache sizing (:mod:`attnunet.pipelines.datasets`)
+Dataset checks (:mod:`attnunet.pipelines.data.validation`) and cache sizing
+(:mod:`attnunet.pipelines.data.datasets`)
 need every file's shape and geometry before anything is decoded. nibabel reads NIfTI headers,
 SimpleITK's ``ReadImageInformation`` the other volume formats, PIL the 2D formats; a DICOM series folder
-is listed with :func:`~attnunet.transforms.readers.list_dicom_series` and its first slice read.
+is checked with :func:`~attnunet.transforms.readers.check_dicom_series` (the reader's own check) and its
+first slice read.
 Affines are in RAS, as ``LoadImaged`` returns them.
 """
 
@@ -23,7 +25,7 @@ from monai.utils import optional_import
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 
-from attnunet.transforms.readers import list_dicom_series, sitk_affine
+from attnunet.transforms.readers import check_dicom_series, sitk_affine
 
 # SimpleITK (NRRD, MHA, DICOM series) is optional where only NIfTI and 2D files are read, e.g. the
 # GPU check: its first use raises an error saying to install it.
@@ -120,25 +122,19 @@ def _sitk_header(path: Path) -> ImageHeader:
 
 
 def _dicom_series_header(folder: Path) -> ImageHeader:
-    """The series' geometry from its first two slices, as GDCM stacks them (slice axis = their offset)."""
-    found = list_dicom_series(folder)
-    if not found:
-        raise FileNotFoundError(f"{folder} holds no DICOM series")
-    if len(found) > 1:
-        listing = "; ".join(str(series) for series in found)
-        raise ValueError(
-            f"{folder} holds {len(found)} DICOM series; load one with SimpleITKReader(series_uid=...): "
-            f"{listing}"
-        )
-    first = _file_information(found[0].files[0])
+    """The series' geometry as the reader stacks it: the first slice's plane, then the checked slice step
+    (a folder that the reader would refuse is refused here too, before any training)."""
+    geometry = check_dicom_series(folder)
+    files = geometry.series.files
+    first = _file_information(files[0])
     lps = np.eye(4)
     lps[:3, :3] = np.asarray(first.GetDirection()).reshape(3, 3) @ np.diag(first.GetSpacing())
     lps[:3, 3] = first.GetOrigin()
-    if found[0].num_slices > 1:
-        lps[:3, 2] = np.subtract(_file_information(found[0].files[1]).GetOrigin(), first.GetOrigin())
+    if geometry.slice_step is not None:
+        lps[:3, 2] = geometry.slice_step
     return ImageHeader(
         path=folder,
-        spatial_shape=(*(int(n) for n in first.GetSize()[:2]), found[0].num_slices),
+        spatial_shape=(*(int(n) for n in first.GetSize()[:2]), len(files)),
         channels=first.GetNumberOfComponents(),
         affine=orientation_ras_lps(lps),
         dtype=_pixel_dtype(first),
@@ -190,7 +186,8 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a folder holds no DICOM series.
-        ValueError: the header cannot be read (not an image, truncated header, unknown format).
+        ValueError: the header cannot be read (not an image, truncated header, unknown format), or
+            :func:`~attnunet.transforms.readers.check_dicom_series` refuses a DICOM series folder.
 
     Example:
         >>> read_header("imagesTr/case_001.nii.gz").spatial_shape  # doctest: +SKIP

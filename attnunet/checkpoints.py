@@ -1,0 +1,127 @@
+"""Checkpoints that survive faults and rebuild their own network.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with
+``torch.load(weights_only=True)`` (no pickled code runs on load):
+
+``{"format": CHECKPOINT_FORMAT, "spec": ModelSpec.to_dict(), "model": state_dict, "config": dict,
+"epoch": int, "best_metric": float, ...}``
+
+``spec`` (:class:`attnunet.spec.ModelSpec`) rebuilds the network and says how to apply it;
+``config`` is the resolved run configuration. Training adds optimiser, scheduler, scaler and engine
+state for ``--resume``. The ``"model"`` key is what MONAI's ``CheckpointLoader`` reads, so a bundle
+config can load these files too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnunet.atomic import atomic_output
+from attnunet.spec import ModelSpec
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "attnunet-checkpoint/3"
+# Format 1 named ``attention_unet_3d_small`` when it had 8 features, format 2 since the preset has 16
+# (8 lost a class on real MR, issue 10); both kept an untyped {"name", "kwargs"} network dict, format 3
+# a typed ModelSpec. Upgrading spells out the preset defaults a checkpoint relied on.
+_UPGRADES = {
+    "attnunet-checkpoint/1": {"attention_unet_3d_small": {"init_features": 8}},
+    "attnunet-checkpoint/2": {},
+}
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically: a temp file in the same folder, then a rename.
+
+    A crash (or SIGKILL, or a power cut) mid-write leaves the previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a readable attnunet checkpoint (truncated, another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"checkpoint {path} cannot be read (truncated or not a torch file): {error}"
+        ) from None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") in _UPGRADES:
+        checkpoint = _upgrade(checkpoint, f"checkpoint {path}")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path} is not an attnunet checkpoint (expected a dict with format "
+            f"{CHECKPOINT_FORMAT!r}); train with 'attnunet train' or export a bundle model instead"
+        )
+    return checkpoint
+
+
+def _upgrade(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
+    """An older checkpoint in today's format: its network dict and run config as a typed spec."""
+    network = dict(checkpoint["network"])
+    defaults = _UPGRADES[checkpoint["format"]].get(network.get("name"), {})
+    network["kwargs"] = {**defaults, **network["kwargs"]}
+    config = {**checkpoint.get("config", {}), "network_spec": network}
+    spec = ModelSpec.from_config(config, source=source)
+    upgraded = {k: v for k, v in checkpoint.items() if k != "network"}
+    return {**upgraded, "format": CHECKPOINT_FORMAT, "spec": spec.to_dict()}
+
+
+def model_from_checkpoint(
+    checkpoint: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ModelSpec]:
+    """Rebuild the network a checkpoint describes, load its weights and put it in eval mode.
+
+    Returns:
+        ``(model, spec)``: the model on ``device`` and its :class:`~attnunet.spec.ModelSpec`.
+
+    Raises:
+        ValueError: the checkpoint's weights do not fit the network it names (another attnunet version).
+    """
+    source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    spec = ModelSpec.from_dict(checkpoint["spec"], source)
+    return load_weights(spec.build(), checkpoint["model"], source).to(device).eval(), spec
+
+
+def load_weights(network: torch.nn.Module, state: Mapping[str, Any], source: str) -> torch.nn.Module:
+    """``network`` with ``state`` loaded; a state that does not fit gets one line naming ``source``."""
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights: torch lists them all
+        details = [
+            line.strip()[:200] + ("..." if len(line.strip()) > 200 else "")
+            for line in str(error).splitlines()[1:3]
+        ]
+        raise ValueError(
+            f"{source}: its weights do not fit the network it names, so it was written by another "
+            f"attnunet version (the decoder has one 3x3 convolution per stage since 2026-11-25) or "
+            f"edited; retrain, or load it with the attnunet that wrote it. {' '.join(details)}"
+        ) from None
+    return network

@@ -1,0 +1,1 @@
+"""The command line: one module per ``attnunet`` command, its flags mapped onto the pipelines' configs."""

@@ -1,0 +1,1 @@
+"""Cases on disk: discovery (MSD, folder pairs, CSV, DRIVE), file names, splits, caching, input checks."""

@@ -1,0 +1,161 @@
+"""The pieces of a training run, one small factory each: loss, optimiser, schedule, the MONAI trainer
+and evaluator. ``attnunet train`` and the bundle's ``configs/train.json`` (by ``_target_``) build them
+here, so both run the same components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator, SupervisedTrainer, default_prepare_batch
+from monai.handlers import IgniteMetricHandler, MeanDice
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+from monai.utils import convert_to_tensor, look_up_option
+
+from attnunet.pipelines.engines.config import LOSSES, SCHEDULERS
+
+__all__ = [
+    "create_evaluator",
+    "create_loss",
+    "create_optimizer",
+    "create_scheduler",
+    "create_trainer",
+    "prepare_batch",
+]
+
+# name -> MONAI loss for one softmax output per class (labels as class indices)
+_SOFTMAX_LOSSES: Mapping[str, Callable[[], torch.nn.Module]] = {
+    "dice_ce": lambda: DiceCELoss(to_onehot_y=True, softmax=True),
+    "dice_focal": lambda: DiceFocalLoss(to_onehot_y=True, softmax=True),
+    "dice": lambda: DiceLoss(to_onehot_y=True, softmax=True),
+}
+
+
+def create_loss(name: str, out_channels: int) -> torch.nn.Module:
+    """The loss called ``name`` (one of :data:`~attnunet.pipelines.engines.config.LOSSES`).
+
+    ``"auto"`` is ``DiceCELoss`` for one output per class and ``BCEWithLogitsLoss`` (the document's
+    loss) for one binary output; ``"bce"`` needs that one output, the Dice losses need one per class.
+
+    Example:
+        >>> type(create_loss("auto", 3)).__name__, type(create_loss("auto", 1)).__name__
+        ('DiceCELoss', 'BCEWithLogitsLoss')
+    """
+    name = look_up_option(name, LOSSES)
+    if name == "auto":
+        name = "bce" if out_channels == 1 else "dice_ce"
+    if (name == "bce") != (out_channels == 1):
+        raise ValueError(
+            f"loss {name!r} does not fit out_channels={out_channels}: 'bce' is for one binary output, "
+            f"{sorted(_SOFTMAX_LOSSES)} for one output per class"
+        )
+    return torch.nn.BCEWithLogitsLoss() if name == "bce" else _SOFTMAX_LOSSES[name]()
+
+
+def create_optimizer(
+    parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """Adam, the document's optimiser."""
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """An epoch-level schedule: ``"cosine"`` annealed to 0 at ``epochs``, or ``"constant"``."""
+    if look_up_option(name, SCHEDULERS) == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device, non_blocking: bool = False, **kwargs):
+    """MONAI's ``default_prepare_batch`` giving plain tensors: the network needs no metadata, and
+    every operation on a ``MetaTensor`` pays for ``__torch_function__`` dispatch."""
+    image, label = default_prepare_batch(batch, device, non_blocking, **kwargs)
+    return convert_to_tensor(image, track_meta=False), convert_to_tensor(label, track_meta=False)
+
+
+def _pred_label(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, label) of a batch as plain tensors (MONAI's LossMetric cannot index a 0-d MetaTensor)."""
+    pred, label = output["pred"], output["label"]
+    return convert_to_tensor(pred, track_meta=False), convert_to_tensor(label, track_meta=False)
+
+
+def _discrete_pred_label(out_channels: int) -> Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]:
+    """Output transform for Dice: class indices for softmax outputs, a 0/1 mask for one sigmoid output."""
+
+    def transform(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, label = _pred_label(output)
+        return ((logits > 0).float() if out_channels == 1 else logits.argmax(dim=1, keepdim=True)), label
+
+    return transform
+
+
+def create_evaluator(
+    network: torch.nn.Module,
+    loader: DataLoader,
+    loss_function: torch.nn.Module,
+    *,
+    out_channels: int,
+    roi_size: tuple[int, ...],
+    sw_batch_size: int,
+    overlap: float,
+    device: torch.device,
+    amp: bool,
+) -> SupervisedEvaluator:
+    """Sliding-window validation: ``val_mean_dice`` (key metric), ``val_dice`` per class, ``val_loss``.
+
+    Softmax outputs are scored on the foreground classes from class indices; one sigmoid output on
+    its mask.
+    """
+    dice_args = {
+        "include_background": out_channels == 1,
+        "num_classes": out_channels if out_channels > 1 else None,
+        "output_transform": _discrete_pred_label(out_channels),
+    }
+    inferer = SlidingWindowInferer(
+        roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+    )
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        inferer=inferer,
+        key_val_metric={"val_mean_dice": MeanDice(**dice_args)},
+        additional_metrics={
+            "val_dice": MeanDice(reduction="mean_batch", **dice_args),
+            "val_loss": IgniteMetricHandler(loss_fn=loss_function, output_transform=_pred_label),
+        },
+        amp=amp,
+        decollate=False,
+        prepare_batch=prepare_batch,
+    )
+
+
+def create_trainer(
+    network: torch.nn.Module,
+    loader: DataLoader,
+    loss_function: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    device: torch.device,
+    amp: bool,
+) -> SupervisedTrainer:
+    """MONAI's supervised trainer on whole patches (no sliding window), batches as plain tensors."""
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        inferer=SimpleInferer(),
+        amp=amp,
+        decollate=False,
+        prepare_batch=prepare_batch,
+    )

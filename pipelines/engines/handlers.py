@@ -1,0 +1,219 @@
+"""Ignite handlers of a training run that no MONAI handler provides.
+
+- :class:`EpochStatistics`: the epoch's mean loss, throughput, learning rate and the share of time
+  spent waiting for the loader (ignite's ``Timer``), averaged over DDP ranks; steps the schedule.
+- :class:`TimeBudget`: re-sizes the number of epochs after every epoch so the run ends in its budget.
+- :class:`EpochRecorder`: one record per epoch, written to the checkpoints first and only then logged
+  (and sent to MLflow), so a finished epoch is on disk whatever the tracking store does. MONAI's
+  ``CheckpointSaver`` is not used: it saves ``state_dict``s only, where our checkpoints also carry
+  the model spec and the resolved config that rebuild the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Timer
+
+from attnunet.checkpoints import save_checkpoint
+from attnunet.pipelines.engines.distributed import all_mean
+
+__all__ = ["EpochRecorder", "EpochStatistics", "TimeBudget", "further_epochs", "validate_at_the_end"]
+
+logger = logging.getLogger(__name__)
+
+
+class EpochStatistics:
+    """Per-epoch ``train_loss``, ``throughput_samples_per_s``, ``lr`` and ``data_wait_share``.
+
+    The schedule is stepped at the end of each epoch, before validation, so that the checkpoint
+    holds the next epoch's learning rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any, world: int) -> None:
+        self.optimizer, self.scheduler, self.world = optimizer, scheduler, world
+        self.values: dict[str, float] = {}
+        self.started = 0.0
+        self._loss, self._batches, self._samples = 0.0, 0, 0
+        self._data_timer = Timer(average=False)  # time waiting for batches from the loader
+
+    def attach(self, trainer: Engine) -> None:
+        self._data_timer.attach(
+            trainer,
+            start=Events.EPOCH_STARTED,
+            resume=Events.GET_BATCH_STARTED,
+            pause=Events.GET_BATCH_COMPLETED,
+        )
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._start)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
+
+    def _start(self, _: Engine) -> None:
+        self.started = time.perf_counter()
+        self._loss, self._batches, self._samples = 0.0, 0, 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        self._loss += float(engine.state.output["loss"].item())
+        self._batches += 1
+        self._samples += int(engine.state.output["image"].shape[0])
+
+    def _finish(self, _: Engine) -> None:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        self.values = {
+            "train_loss": all_mean(self._loss / max(self._batches, 1), self.world),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "throughput_samples_per_s": all_mean(self._samples, self.world) * self.world / seconds,
+            "data_wait_share": all_mean(self._data_timer.value() / seconds, self.world),
+        }
+        self.scheduler.step()
+
+
+def validate_at_the_end(trainer: Engine, evaluator: Engine, *, also_first: bool) -> None:
+    """Validate after the last epoch (and after the first when ``also_first``, which times one for a
+    time budget) when ``ValidationHandler``'s interval skipped it."""
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(engine: Engine) -> None:
+        epoch = engine.state.epoch
+        wanted = epoch == engine.state.max_epochs or (also_first and epoch == 1)
+        if wanted and evaluator.state.epoch != epoch:
+            evaluator.run(epoch)
+
+
+def further_epochs(
+    budget_seconds: float, spent: float, epoch_seconds: float, validation_seconds: float, val_every: int
+) -> int:
+    """How many more epochs end within ``budget_seconds``.
+
+    ``spent`` seconds have passed (setup and the epochs run so far, with their validations); every
+    further epoch costs ``epoch_seconds`` plus a validation every ``val_every`` epochs. Kept in reserve:
+    one more validation (after the last epoch), the same again for logging the model, and 5% of the
+    budget for the jitter of the epoch time.
+
+    Example:
+        >>> further_epochs(600, spent=70, epoch_seconds=50, validation_seconds=10, val_every=1)
+        8
+    """
+    reserve = 2 * validation_seconds + 0.05 * budget_seconds
+    per_epoch = max(epoch_seconds + validation_seconds / val_every, 1e-6)
+    return max(0, int((budget_seconds - spent - reserve) // per_epoch))
+
+
+class TimeBudget:
+    """Sets the trainer's ``max_epochs`` (and the cosine schedule's length) after every epoch.
+
+    Re-sized from the last epoch's own time, so a machine that slows down (or speeds up) mid-run still
+    ends within the budget; the mean over ranks keeps DDP in step. ``choice`` records what it chose.
+    """
+
+    def __init__(
+        self, minutes: float, started: float, statistics: EpochStatistics, val_every: int, world: int
+    ) -> None:
+        self.budget_seconds, self.started = 60 * minutes, started
+        self.statistics, self.val_every, self.world = statistics, val_every, world
+        self.choice: dict[str, float] = {}
+        self._validation_started, self._validation_seconds = 0.0, 0.0
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> None:
+        evaluator.add_event_handler(Events.STARTED, self._start_validation)
+        evaluator.add_event_handler(Events.COMPLETED, self._finish_validation)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._resize, evaluator)
+
+    def _start_validation(self, _: Engine) -> None:
+        self._validation_started = time.perf_counter()
+
+    def _finish_validation(self, _: Engine) -> None:
+        self._validation_seconds = time.perf_counter() - self._validation_started
+
+    def _resize(self, trainer: Engine, evaluator: Engine) -> None:
+        now, epoch, validation = time.perf_counter(), trainer.state.epoch, self._validation_seconds
+        validated = evaluator.state.epoch == epoch
+        epoch_seconds = now - self.statistics.started - (validation if validated else 0.0)
+        more = further_epochs(
+            self.budget_seconds, now - self.started, epoch_seconds, validation, self.val_every
+        )
+        epochs = epoch + int(all_mean(float(more), self.world))
+        trainer.state.max_epochs = epochs
+        scheduler = self.statistics.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
+        if epoch == 1:
+            logger.info(
+                "time budget %.1f min: setup and epoch 1 took %.0f s (validation %.0f s) -> %d epochs",
+                self.budget_seconds / 60, now - self.started, validation, epochs,
+            )  # fmt: skip
+        self.choice.update(
+            epochs=epochs,
+            first_epoch_seconds=self.choice.get("first_epoch_seconds", round(now - self.started, 3)),
+            last_epoch_seconds=round(epoch_seconds, 3),
+            validation_seconds=round(validation, 3),
+        )
+
+
+class EpochRecorder:
+    """After each epoch (and its validation): the record into ``history``, ``best.pt`` when the key
+    metric improved and ``last.pt`` always, then the log line and ``log_metrics(record, step)``.
+
+    Args:
+        checkpoint: called with no argument, returns the checkpoint dict of this moment (weights, spec,
+            config, optimiser...); ``best.pt`` drops the resume-only keys.
+        class_names: foreground class names, in the order of the evaluator's per-class Dice.
+        log_metrics: where the records go after the checkpoint is on disk (MLflow), or None.
+        rank: only rank 0 writes and logs.
+    """
+
+    RESUME_ONLY = ("optimizer", "scheduler", "scaler", "mlflow_run_id")
+
+    def __init__(
+        self,
+        folder: Path,
+        checkpoint: Callable[[], dict[str, Any]],
+        statistics: EpochStatistics,
+        class_names: Sequence[str],
+        *,
+        log_metrics: Callable[[dict[str, float], int], None] | None,
+        rank: int,
+        budgeted: bool,
+    ) -> None:
+        self.best_path, self.last_path = folder / "best.pt", folder / "last.pt"
+        self.checkpoint, self.statistics, self.class_names = checkpoint, statistics, list(class_names)
+        self.log_metrics, self.rank, self.budgeted = log_metrics, rank, budgeted
+        self.history: list[dict[str, float]] = []
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> None:
+        # after validation: ignite runs an event's handlers in the order they were added
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._record, evaluator)
+
+    def _record(self, trainer: Engine, evaluator: Engine) -> None:
+        epoch = trainer.state.epoch
+        record: dict[str, float] = {"epoch": epoch, **self.statistics.values}
+        if self.budgeted:  # the budget's current choice, as a metric per epoch
+            record["planned_epochs"] = trainer.state.max_epochs
+        validated = evaluator.state.epoch == epoch
+        if validated:
+            metrics = evaluator.state.metrics
+            record.update(val_loss=float(metrics["val_loss"]), val_mean_dice=float(metrics["val_mean_dice"]))
+            per_class = torch.as_tensor(metrics["val_dice"]).flatten().tolist()
+            record.update(
+                {f"val_dice_{n}": float(v) for n, v in zip(self.class_names, per_class, strict=True)}
+            )
+        self.history.append(record)
+        if self.rank != 0:
+            return
+        checkpoint = self.checkpoint()
+        if validated and evaluator.state.best_metric_epoch == epoch:
+            save_checkpoint(
+                self.best_path, {k: v for k, v in checkpoint.items() if k not in self.RESUME_ONLY}
+            )
+        save_checkpoint(self.last_path, checkpoint)
+        logger.info(
+            "epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+        )
+        if self.log_metrics is not None:
+            self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)

@@ -1,0 +1,421 @@
+"""Training with MONAI's engines, tracked in MLflow: :func:`train`.
+
+The loop is MONAI's :class:`~monai.engines.SupervisedTrainer` with a
+:class:`~monai.engines.SupervisedEvaluator` run by :class:`~monai.handlers.ValidationHandler`, built by
+the factories of :mod:`attnunet.pipelines.engines.components` (which the bundle's ``train.json``
+references too). What this module adds is the run around them:
+
+- checkpoints in the project's format (:mod:`attnunet.checkpoints`: the model spec and resolved config
+  beside the weights, written atomically), ``best.pt`` when the key metric improves and ``last.pt``
+  after every epoch with the optimiser, scheduler, AMP scaler, engine state and the MLflow run id, so
+  ``--resume`` continues the same run and a SIGKILL loses at most one epoch;
+- per-epoch MLflow metrics through :class:`~attnunet.pipelines.tracking.mlflow_runs.RunTracker`,
+  sent after the checkpoint is on disk, from rank 0 only;
+- DDP under ``torchrun``: MONAI's ``partition_dataset`` splits the cases, the metrics are reduced
+  across ranks by MONAI's cumulative metrics, rank 0 writes checkpoints and logs.
+
+Example:
+    >>> from attnunet.pipelines.engines.config import TrainConfig
+    >>> config = TrainConfig(data="Task09_Spleen", output="runs/spleen", roi_size=(96, 96, 96))
+    >>> result = train(config)  # doctest: +SKIP
+    >>> result.best_metric, result.model_uri  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, partition_dataset
+from monai.handlers import ValidationHandler
+from monai.inferers import SlidingWindowInferer
+from monai.utils import set_determinism
+
+from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.pipelines.data.datasets import discover_dataset, make_dataset, split_items
+from attnunet.pipelines.data.validation import validate_items
+from attnunet.pipelines.engines.components import (
+    create_evaluator,
+    create_loss,
+    create_optimizer,
+    create_scheduler,
+    create_trainer,
+)
+from attnunet.pipelines.engines.config import TrainConfig, TrainResult, resolve_config
+from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
+from attnunet.pipelines.engines.handlers import (
+    EpochRecorder,
+    EpochStatistics,
+    TimeBudget,
+    validate_at_the_end,
+)
+from attnunet.pipelines.evaluation.overlays import save_overlay
+from attnunet.pipelines.planning.plan import save_plan
+from attnunet.pipelines.tracking.mlflow_runs import RunTracker, check_tracking_server, resolve_tracking_uri
+from attnunet.spec import ModelSpec
+from attnunet.transforms.presets import build_transforms
+
+__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "train"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+def _check_output(output: Path, resume: bool) -> Path:
+    """The run's ``last.pt``; refuses an output that holds another run (unless resuming) or none to resume."""
+    last = output / CHECKPOINT_DIR / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
+    elif last.exists() or (output / CHECKPOINT_DIR / "best.pt").exists():
+        raise FileExistsError(
+            f"{output} already holds a training run ({last}); pass --resume to continue it "
+            "or choose another --output"
+        )
+    elif (output / CONFIG_FILE).exists():  # a run that never finished an epoch, or someone's file
+        raise FileExistsError(
+            f"{output / CONFIG_FILE} already exists and would be overwritten; choose another --output "
+            "or move that file away"
+        )
+    return last
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a segmentation network as ``config`` says, with checkpoints and MLflow tracking.
+
+    Steps: discover and validate the data, split it, check the tracking store (fails before any
+    training), build cached datasets, the network, ``DiceCELoss`` (or ``BCEWithLogitsLoss`` for one
+    binary output), Adam and the scheduler, then run MONAI's trainer with validation every
+    ``val_every`` epochs. At the end rank 0 logs the best checkpoint, the config and an overlay PNG,
+    logs the model and registers it when ``config.register`` is set.
+
+    Args:
+        config: the options (see :class:`TrainConfig`).
+
+    Returns:
+        a :class:`TrainResult`.
+
+    Raises:
+        FileNotFoundError: ``data`` does not exist, or ``resume`` without a last checkpoint.
+        FileExistsError: ``output`` already holds a run and ``resume`` is not set.
+        ValueError: bad data (see :func:`attnunet.pipelines.data.validation.validate_items`) or options.
+        ConnectionError: the MLflow tracking store cannot be reached.
+
+    Example:
+        >>> config = TrainConfig(data="demo", output="runs/a", roi_size=(64, 64, 32), epochs=2)
+        >>> result = train(config)  # doctest: +SKIP
+    """
+    rank, world, device = setup_distributed(config.device)
+    try:
+        return _train(config, rank, world, device)
+    finally:
+        leave_distributed(world)
+
+
+def _checked_labels(config: TrainConfig) -> dict[str, str]:
+    """The dataset's classes, checked against ``out_channels``."""
+    labels = dict(discover_dataset(config.data).labels)
+    if len(labels) < 2:
+        raise ValueError(
+            f"{config.data}: a segmentation needs at least 2 classes (background + one), got {labels}"
+        )
+    out_channels = config.out_channels or len(labels)
+    if out_channels == 1 and len(labels) != 2:
+        raise ValueError(
+            f"out_channels=1 (one binary output) needs exactly 2 classes, {config.data} has {labels}"
+        )
+    if out_channels not in (1, len(labels)):
+        raise ValueError(
+            f"out_channels must be 1 or the number of classes ({len(labels)}), got {out_channels}"
+        )
+    return labels
+
+
+def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
+    started = time.perf_counter()  # the time budget counts from here: data checks and caching included
+    if not Path(config.data).exists():
+        raise FileNotFoundError(f"--data {config.data} does not exist")
+    last_path = _check_output(Path(config.output), config.resume)
+    resumed = load_checkpoint(last_path) if config.resume else None
+    if resumed is not None and int(resumed["epoch"]) >= config.epochs:
+        raise ValueError(
+            f"--resume: {last_path} already finished epoch {resumed['epoch']}; raise --epochs to train more"
+        )
+    if config.track and rank == 0:  # fail fast, before the (slow) data validation
+        check_tracking_server(resolve_tracking_uri(config.tracking_uri))
+
+    labels = _checked_labels(config)
+    items = discover_dataset(config.data).items
+    validate_items(items, labels=labels)
+    train_items, val_items = split_items(items, val_fraction=config.val_fraction, seed=config.seed)
+    if world > 1 and len(val_items) < world:
+        raise ValueError(
+            f"{len(val_items)} validation cases cannot be shared by {world} processes; raise --val-fraction"
+        )
+    tracker = None
+    if config.track and rank == 0:
+        tracker = RunTracker(
+            config.tracking_uri,
+            experiment=config.experiment,
+            run_name=config.run_name,
+            run_id=resumed.get("mlflow_run_id") if resumed else None,
+            artifact_location=config.artifact_location,
+        )
+    try:
+        return _fit(config, rank, world, device, labels, (train_items, val_items), resumed, tracker, started)
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+
+
+def _datasets(config: TrainConfig, splits: tuple[list[dict], list[dict]], rank: int, world: int) -> tuple:
+    """Cached training and validation datasets of this rank's share of the cases."""
+    train_items, val_items = splits
+    preset_args = dict(config.preset_kwargs, pixdim=config.pixdim)
+    train_transform = build_transforms(
+        config.preset, "train", roi_size=config.roi_size, num_samples=config.num_samples, **preset_args
+    )
+    val_transform = build_transforms(config.preset, "val", **preset_args)
+    if world > 1:  # MONAI's partitioning: every rank gets the same number of training cases
+        train_items = partition_dataset(
+            train_items, num_partitions=world, shuffle=True, seed=config.seed, even_divisible=True
+        )[rank]
+        val_items = partition_dataset(val_items, num_partitions=world, shuffle=False)[rank]
+    cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.output) / "cache"
+    cache_args = {"cache": config.cache, "memory_budget_gb": config.memory_budget_gb}
+    # Separate disk caches: the two chains' cached heads differ, and MONAI keys the cache by item only.
+    train_ds = make_dataset(train_items, train_transform, cache_dir=cache_dir / "train", **cache_args)
+    val_ds = make_dataset(val_items, val_transform, cache_dir=cache_dir / "val", **cache_args)
+    return train_ds, val_ds
+
+
+def _model_spec(config: TrainConfig, resolved: dict[str, Any], resumed: dict[str, Any] | None) -> ModelSpec:
+    """The spec of the network the options give; a resumed run must have been trained with it."""
+    resolved["network_spec"] = {
+        "name": config.network,
+        "kwargs": {
+            **config.network_kwargs,
+            **{k: resolved[k] for k in ("spatial_dims", "in_channels", "out_channels")},
+        },
+    }
+    spec = ModelSpec.from_config(resolved)
+    if resumed is not None:
+        before = ModelSpec.from_dict(resumed["spec"])
+        if (before.network, dict(before.network_kwargs)) != (spec.network, dict(spec.network_kwargs)):
+            raise ValueError(
+                f"--resume: {Path(config.output) / CHECKPOINT_DIR / 'last.pt'} was trained with network "
+                f"{before.network} {dict(before.network_kwargs)}, the options now give {spec.network} "
+                f"{dict(spec.network_kwargs)}; resume with the same options or train into a new --output"
+            )
+    return spec
+
+
+class _Run:
+    """The engines of one run and what they act on (network, optimiser, schedule)."""
+
+    def __init__(
+        self, config: TrainConfig, spec: ModelSpec, device: torch.device, world: int, datasets
+    ) -> None:
+        self.network = spec.build().to(device)
+        model = self.network
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        loss = create_loss(config.loss, spec.out_channels)
+        self.optimizer = create_optimizer(self.network.parameters(), config.lr, config.weight_decay)
+        self.scheduler = create_scheduler(self.optimizer, config.scheduler, config.epochs)
+        amp = config.amp and device.type == "cuda"
+        train_ds, val_ds = datasets
+        train_loader = DataLoader(
+            train_ds, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers
+        )
+        val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=config.num_workers)
+        self.evaluator = create_evaluator(
+            model, val_loader, loss, out_channels=spec.out_channels, roi_size=config.roi_size,
+            sw_batch_size=config.sw_batch_size, overlap=config.overlap, device=device, amp=amp,
+        )  # fmt: skip
+        self.trainer = create_trainer(
+            model, train_loader, loss, self.optimizer, epochs=config.epochs, device=device, amp=amp
+        )
+        # One line per epoch from EpochRecorder replaces MONAI's StatsHandler (whose logger setup
+        # would also silence this module's logger) and ignite's per-epoch INFO lines.
+        for engine in (self.trainer, self.evaluator):
+            engine.logger.setLevel(logging.WARNING)
+
+    def restore(self, resumed: dict[str, Any], epochs: int) -> None:
+        """Weights, optimiser, schedule, scaler and engine state of a ``last.pt``."""
+        self.network.load_state_dict(resumed["model"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        self.scheduler.load_state_dict(resumed["scheduler"])
+        if self.trainer.scaler is not None and resumed.get("scaler"):
+            self.trainer.scaler.load_state_dict(resumed["scaler"])
+        # ignite's engine state: the next run() starts at the epoch after the checkpointed one.
+        length = len(self.trainer.data_loader)
+        self.trainer.load_state_dict(
+            {"epoch": int(resumed["epoch"]), "max_epochs": epochs, "epoch_length": length}
+        )
+        self.evaluator.state.best_metric = float(resumed["best_metric"])
+        self.evaluator.state.best_metric_epoch = int(resumed["best_epoch"])
+
+    def checkpoint(
+        self, spec: ModelSpec, resolved: dict[str, Any], tracker: RunTracker | None
+    ) -> dict[str, Any]:
+        """Everything ``last.pt`` holds at this moment."""
+        trainer, evaluator = self.trainer, self.evaluator
+        return {
+            "spec": spec.to_dict(),
+            "model": self.network.state_dict(),
+            "config": resolved,
+            "epoch": trainer.state.epoch,
+            "best_metric": float(evaluator.state.best_metric),
+            "best_epoch": int(evaluator.state.best_metric_epoch),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+            "mlflow_run_id": tracker.run_id if tracker is not None else None,
+        }
+
+
+def _fit(
+    config: TrainConfig,
+    rank: int,
+    world: int,
+    device: torch.device,
+    labels: dict[str, str],
+    splits: tuple[list[dict], list[dict]],
+    resumed: dict[str, Any] | None,
+    tracker: RunTracker | None,
+    started: float,
+) -> TrainResult:
+    """Build datasets, network, engines and handlers, and run the trainer (rank-0 side effects only)."""
+    output = Path(config.output)
+    set_determinism(seed=config.seed)
+    train_ds, val_ds = _datasets(config, splits, rank, world)
+    in_channels = int(val_ds[0]["image"].shape[0])
+    resolved = resolve_config(config, labels, in_channels, config.out_channels or len(labels))
+    spec = _model_spec(config, resolved, resumed)
+    run = _Run(config, spec, device, world, (train_ds, val_ds))
+    if resumed is not None:
+        run.restore(resumed, config.epochs)
+        logger.info(
+            "resuming %s after epoch %d (best %.4f)", output, resumed["epoch"], resumed["best_metric"]
+        )
+    budget = _attach_handlers(config, run, rank, world, started)
+    recorder = EpochRecorder(
+        output / CHECKPOINT_DIR,
+        lambda: run.checkpoint(spec, resolved, tracker),
+        budget.statistics if isinstance(budget, TimeBudget) else budget,
+        [labels[k] for k in sorted(labels, key=int) if k != "0"],
+        log_metrics=(lambda metrics, step: tracker.log_metrics(metrics, step=step)) if tracker else None,
+        rank=rank,
+        budgeted=isinstance(budget, TimeBudget),
+    )
+    recorder.attach(run.trainer, run.evaluator)
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        if config.plan is not None:
+            plan_path = save_plan(config.plan, output / "plan.json")
+            if tracker is not None:
+                tracker.log_artifact(plan_path, artifact_path="plan")
+        _write_config(output, resolved, tracker)
+    run.trainer.run()
+    if isinstance(budget, TimeBudget) and budget.choice:
+        resolved.update(epochs=int(run.trainer.state.epoch), time_budget_choice=dict(budget.choice))
+        if rank == 0:  # what the budget chose, beside the run and (as new parameters) in MLflow
+            _write_config(output, resolved, tracker)
+    result = TrainResult(
+        output=output,
+        best_checkpoint=recorder.best_path,
+        last_checkpoint=recorder.last_path,
+        best_metric=float(run.evaluator.state.best_metric),
+        best_epoch=int(run.evaluator.state.best_metric_epoch),
+        epochs=int(run.trainer.state.epoch),
+        history=recorder.history,
+        config=resolved,
+    )
+    if tracker is not None:
+        _finish_run(result, tracker, val_ds, config, register=config.register, alias=config.alias)
+    return result
+
+
+def _attach_handlers(
+    config: TrainConfig, run: _Run, rank: int, world: int, started: float
+) -> EpochStatistics | TimeBudget:
+    """Statistics, progress bar, validation, time budget, in the order ignite must run them; returns
+    the budget when there is one, else the statistics."""
+    statistics = EpochStatistics(run.optimizer, run.scheduler, world)
+    statistics.attach(run.trainer)
+    if rank == 0:
+        run.trainer.add_event_handler(Events.EPOCH_STARTED, _log_epoch_start)
+    if config.progress and rank == 0:
+        ProgressBar(persist=False).attach(
+            run.trainer, output_transform=lambda out: {"loss": out["loss"].item()}
+        )
+    ValidationHandler(validator=run.evaluator, interval=config.val_every, epoch_level=True).attach(
+        run.trainer
+    )
+    budget = None
+    if config.time_budget is not None:
+        budget = TimeBudget(config.time_budget, started, statistics, config.val_every, world)
+        budget.attach(run.trainer, run.evaluator)
+    validate_at_the_end(run.trainer, run.evaluator, also_first=budget is not None)
+    return budget or statistics
+
+
+def _log_epoch_start(engine: Engine) -> None:
+    logger.info("epoch %d/%d started", engine.state.epoch, engine.state.max_epochs)
+
+
+def _write_config(output: Path, resolved: dict[str, Any], tracker: RunTracker | None) -> None:
+    """Write the resolved config beside the checkpoints (and log it to MLflow when tracking)."""
+    (output / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    if tracker is not None:
+        tracker.log_config(resolved)
+
+
+def _finish_run(
+    result: TrainResult, tracker: RunTracker, val_ds, config: TrainConfig, *, register, alias
+) -> None:
+    """Log the best checkpoint, an overlay of the first validation case and the model; end the run."""
+    resolved = result.config
+    model, _ = model_from_checkpoint(result.best_checkpoint)
+    overlay = result.output / "overlays" / "validation.png"
+    sample = val_ds[0]
+    inferer = SlidingWindowInferer(
+        roi_size=config.roi_size, sw_batch_size=config.sw_batch_size, overlap=config.overlap, mode="gaussian"
+    )
+    with torch.no_grad():
+        logits = inferer(sample["image"].unsqueeze(0).as_tensor().float(), model)[0]
+    prediction = (logits > 0).long() if logits.shape[0] == 1 else logits.argmax(dim=0)
+    save_overlay(
+        overlay,
+        sample["image"][0],
+        sample["label"][0],
+        prediction,
+        class_names=resolved["labels"],
+        title=f"validation case, best epoch {result.best_epoch} (mean Dice {result.best_metric:.3f})",
+    )
+    tracker.log_artifact(result.best_checkpoint, artifact_path="checkpoints")
+    tracker.log_artifact(overlay, artifact_path="overlays")
+    example = tuple(min(s, 32) for s in config.roi_size)
+    result.model_uri = tracker.log_model(
+        model,
+        in_channels=resolved["in_channels"],
+        out_channels=resolved["out_channels"],
+        spatial_dims=resolved["spatial_dims"],
+        example_size=example,
+        register=register,
+        alias=alias,
+    )
+    result.run_id, result.tracking_uri = tracker.run_id, tracker.tracking_uri
+    tracker.end("FINISHED")

@@ -1,0 +1,1 @@
+"""Scores of predictions against labels (Dice, HD95, surface Dice) and overlay pictures."""

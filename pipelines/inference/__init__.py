@@ -1,0 +1,1 @@
+"""Sliding-window segmentation: input discovery, device placement and writing predictions."""

@@ -1,0 +1,1 @@
+"""Dataset fingerprint and the plan (spacing, patch, depth, batch, normalisation) training starts from."""

@@ -1,0 +1,132 @@
+"""The dataset fingerprint ``attnunet plan`` starts from: headers of every case, voxel statistics of a sample.
+
+Every case's header is read (shape, spacing, channels); voxel statistics (foreground intensities, class
+frequencies) come from at most ``sample_cases`` cases spread over the dataset, so a 1,000-case CT set
+plans in minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from attnunet.pipelines.data.datasets import DatasetIndex
+from attnunet.pipelines.data.files import innermost_cause
+from attnunet.pipelines.data.validation import DataValidationError
+from attnunet.transforms.headers import ImageHeader, binary_mask, loader_for, read_header
+
+__all__ = [
+    "FOREGROUND_SAMPLE_PER_CASE",
+    "MR_WORDS",
+    "class_frequencies",
+    "declared_preset",
+    "read_headers",
+    "voxel_statistics",
+]
+
+FOREGROUND_SAMPLE_PER_CASE = 10_000
+MR_WORDS = ("MR", "MRI", "T1", "T2", "FLAIR", "ADC", "DWI", "PD")
+
+
+def declared_preset(index: DatasetIndex) -> str | None:
+    """The preset the dataset's own description implies (``"ct"``, ``"mr"``, ``"image2d"``, or the
+    declared name when it is none of them), or None when it says nothing."""
+    if index.modality == "image2d":
+        return "image2d"
+    channels = [c.strip().upper() for c in index.modality.split("+") if c.strip()]
+    if not channels:
+        return None
+    kinds = {"ct" if c == "CT" else "mr" if any(w in c for w in MR_WORDS) else c for c in channels}
+    if len(kinds) > 1:
+        raise DataValidationError(
+            f"{index.root}: dataset.json declares channels of different modalities ({index.modality}); "
+            "one preset normalises every channel the same way, so plan CT and MR channels separately"
+        )
+    return kinds.pop()
+
+
+def read_headers(index: DatasetIndex) -> list[ImageHeader]:
+    """The header of every case's image; every case must be labelled and of one kind (rank, channels)."""
+    missing = [item["image"] for item in index.items if not item.get("label")]
+    if missing:
+        raise DataValidationError(
+            [
+                f"{image}: this case has no label; planning needs every training case labelled"
+                for image in missing
+            ]
+        )
+    headers, problems = [], []
+    for item in index.items:
+        try:
+            headers.append(read_header(item["image"]))
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(str(error))
+    if problems:
+        raise DataValidationError(problems)
+    first = headers[0]
+    odd = next(
+        (
+            h
+            for h in headers
+            if (len(h.spatial_shape), h.channels) != (len(first.spatial_shape), first.channels)
+        ),
+        None,
+    )
+    if odd is not None:
+        raise DataValidationError(
+            f"{odd.path} has {len(odd.spatial_shape)} spatial dims and {odd.channels} channel(s) but "
+            f"{first.path} has {len(first.spatial_shape)} and {first.channels}: the dataset mixes "
+            "modalities or image kinds; plan and train each kind separately"
+        )
+    return headers
+
+
+def voxel_statistics(
+    index: DatasetIndex, sample_cases: int, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Foreground intensities (a bounded random sample per case), voxel counts per class, cases read."""
+    positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    foreground: list[np.ndarray] = []
+    for position in positions.astype(int):
+        image, label = _read_case(index.items[position], index.modality, num_classes)
+        counts += np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+        mask = label > 0
+        if image.ndim > mask.ndim:  # channels last (2D RGB): one intensity per channel and voxel
+            picked = image[mask].ravel()
+        else:
+            picked = image[mask] if image.shape == mask.shape else image.ravel()
+        if picked.size:
+            foreground.append(rng.choice(picked, min(picked.size, FOREGROUND_SAMPLE_PER_CASE), replace=False))
+    intensities = np.concatenate(foreground) if foreground else np.zeros(1, dtype=np.float32)
+    return intensities, counts, len(positions)
+
+
+def _read_case(item: Mapping[str, str], modality: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A case's image and label as arrays; label values outside the classes are an error."""
+    try:
+        image = np.asarray(loader_for(item["image"])(item["image"]), dtype=np.float32)
+        label = np.asarray(loader_for(item["label"], mask=True)(item["label"]))
+    except Exception as error:  # MONAI wraps the reader's error; report the file and the cause
+        raise DataValidationError(
+            f"{item['image']} or its label {item['label']} cannot be read: {innermost_cause(error)}"
+        ) from None
+    if modality == "image2d":  # 2D masks are binary, often stored as 0/255
+        label = binary_mask(label)
+    unknown = [int(v) for v in np.unique(label).astype(int) if not 0 <= v < num_classes]
+    if unknown:
+        raise DataValidationError(
+            f"{item['label']}: label values {unknown} are not among the declared classes 0..{num_classes - 1}"
+        )
+    return image, label
+
+
+def class_frequencies(labels: Mapping[str, str], counts: np.ndarray) -> dict[str, dict[str, object]]:
+    """Class index -> its name and share of the sampled voxels."""
+    total = max(int(counts.sum()), 1)
+    return {
+        key: {"name": name, "frequency": round(float(counts[int(key)]) / total, 6)}
+        for key, name in labels.items()
+    }

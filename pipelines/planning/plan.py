@@ -1,0 +1,286 @@
+"""``attnunet plan``: fingerprint a dataset and choose the training settings from it, as nnU-Net does.
+
+The fingerprint (:mod:`~attnunet.pipelines.planning.fingerprint`) reads every case's header and the
+voxels of at most ``sample_cases`` cases; the rules (:mod:`~attnunet.pipelines.planning.rules`: target
+spacing, patch, depth, batch, normalisation) turn it into settings. The plan is a JSON-ready dict whose
+training fields carry :class:`TrainConfig`'s names (``preset``, ``pixdim``, ``roi_size``,
+``batch_size``, ``network_kwargs``, ``preset_kwargs``, ``sw_batch_size``, ``overlap``), so
+``attnunet train`` applies it field by field.
+
+Any field can be overridden (``overrides``, ``--set KEY=VALUE``); fields derived from an overridden one
+follow it (overriding ``pixdim`` re-derives the resampled shapes, the patch and the batch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnunet.atomic import atomic_output
+from attnunet.pipelines.data.datasets import discover_dataset
+
+# Imported "as" themselves: constants that lived here before the split, re-exported.
+from attnunet.pipelines.planning.fingerprint import (
+    FOREGROUND_SAMPLE_PER_CASE as FOREGROUND_SAMPLE_PER_CASE,
+)
+from attnunet.pipelines.planning.fingerprint import MR_WORDS as MR_WORDS
+from attnunet.pipelines.planning.fingerprint import class_frequencies, read_headers, voxel_statistics
+from attnunet.pipelines.planning.rules import ANISOTROPY_RATIO as ANISOTROPY_RATIO
+from attnunet.pipelines.planning.rules import DATASET_SHARE_PER_BATCH as DATASET_SHARE_PER_BATCH
+from attnunet.pipelines.planning.rules import FLOATS_PER_VOXEL_AND_FEATURE as FLOATS_PER_VOXEL_AND_FEATURE
+from attnunet.pipelines.planning.rules import MAX_DEPTH as MAX_DEPTH
+from attnunet.pipelines.planning.rules import MIN_BOTTOM_VOXELS as MIN_BOTTOM_VOXELS
+from attnunet.pipelines.planning.rules import (
+    bytes_per_voxel,
+    choose_patch,
+    choose_preset,
+    depth_for,
+    memory_budget_bytes,
+    network_kwargs,
+    normalisation,
+    patches_per_batch,
+    sliding_window_batch,
+    target_spacing,
+)
+from attnunet.transforms.headers import ImageHeader
+
+__all__ = [
+    "PLAN_FORMAT",
+    "PLAN_FIELDS",
+    "plan_dataset",
+    "plan_options",
+    "TRAIN_FIELDS",
+    "save_plan",
+    "load_plan",
+    "format_plan",
+]
+
+PLAN_FORMAT = "attnunet-plan/1"
+# Fields a user may override, in the order the table prints them.
+PLAN_FIELDS = (
+    "preset",
+    "pixdim",
+    "roi_size",
+    "depth",
+    "init_features",
+    "batch_size",
+    "num_samples",
+    "sw_batch_size",
+    "overlap",
+    "preset_kwargs",
+)
+
+
+def plan_dataset(
+    data: str | os.PathLike,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    sample_cases: int = 20,
+    memory_budget_gb: float | None = None,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fingerprint the dataset at ``data`` and plan its training (:mod:`attnunet.pipelines.planning.rules`).
+
+    Args:
+        data: a dataset :func:`attnunet.pipelines.data.datasets.discover_dataset` understands.
+        overrides: values for any of ``PLAN_FIELDS``; fields derived from them are re-derived.
+        sample_cases: at most this many cases (spread over the dataset) are decoded for voxel statistics.
+        memory_budget_gb: memory one training step may use; None: 80% of the GPU's, 4 GiB on a CPU.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; None picks CUDA when available. It sets the memory
+            budget and the width (32 features on a GPU as the reference document, 16 on a CPU).
+        seed: seed of the intensity sample.
+
+    Returns:
+        The plan, a JSON-ready dict.
+
+    Raises:
+        DataValidationError: (a ``ValueError``) an empty folder, a case without a label, cases of mixed
+            kinds or modalities, label values outside the declared classes, unreadable headers.
+        ValueError: an unknown override or a bad argument.
+
+    Example:
+        >>> plan = plan_dataset("Task04_Hippocampus")  # doctest: +SKIP
+        >>> plan["roi_size"], plan["network_kwargs"]
+        ([40, 56, 40], {'depth': 3, 'init_features': 16})
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(PLAN_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"plan: cannot override {unknown}; the fields that can be are {', '.join(PLAN_FIELDS)}"
+        )
+    if int(sample_cases) < 1:
+        raise ValueError(f"sample_cases must be >= 1, got {sample_cases}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index = discover_dataset(data)
+    headers = read_headers(index)
+    intensities, counts, sampled_cases = voxel_statistics(index, int(sample_cases), len(index.labels), seed)
+    preset, preset_source = choose_preset(index, intensities, overrides)
+    geometry, resampled = _geometry(headers, overrides)
+    training, memory = _training(geometry["median_shape"], resampled, overrides, device, memory_budget_gb)
+    scheme, preset_kwargs = normalisation(preset, intensities)
+    return {
+        "format": PLAN_FORMAT,
+        "dataset": str(index.root),
+        "layout": index.layout,
+        "cases": len(index.items),
+        "modality": index.modality,
+        "channels": headers[0].channels,
+        "spatial_dims": len(headers[0].spatial_shape),
+        "preset": preset,
+        "preset_source": preset_source,
+        **geometry,
+        **training,
+        "normalisation": scheme,
+        "preset_kwargs": dict(overrides.get("preset_kwargs", preset_kwargs)),
+        "classes": class_frequencies(index.labels, counts),
+        "device": device,
+        **memory,
+        "sampled_cases": sampled_cases,
+        "overrides": sorted(overrides),
+    }
+
+
+def _geometry(
+    headers: Sequence[ImageHeader], overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The plan's spacing and shape fields, and every case's shape after resampling (one row per case)."""
+    spacings = np.array([h.spacing for h in headers])
+    shapes = np.array([h.spatial_shape for h in headers], dtype=float)
+    median_spacing = [round(float(s), 4) for s in np.median(spacings, axis=0)]
+    # 2D images carry no spacing to resample to (they keep each image's own)
+    pixdim = overrides.get("pixdim", target_spacing(spacings) if shapes.shape[1] == 3 else None)
+    resampled = shapes * spacings / np.asarray(pixdim if pixdim is not None else median_spacing, dtype=float)
+    fields = {
+        "median_spacing": median_spacing,
+        "pixdim": None if pixdim is None else [float(p) for p in pixdim],
+        "median_shape": [int(round(s)) for s in np.median(resampled, axis=0)],
+        "shape_range": [
+            [int(v) for v in np.min(resampled, 0).round()],
+            [int(v) for v in np.max(resampled, 0).round()],
+        ],
+    }
+    return fields, resampled
+
+
+def _training(
+    median_shape: Sequence[int],
+    resampled: np.ndarray,
+    overrides: Mapping[str, Any],
+    device: str,
+    memory_budget_gb: float | None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The plan's network, patch and batch fields, and its memory fields (budget, estimate per step)."""
+    spatial_dims = resampled.shape[1]
+    init_features = int(overrides.get("init_features", 32 if device.startswith("cuda") else 16))
+    budget = memory_budget_bytes(memory_budget_gb, device)
+    roi_size = overrides.get("roi_size")
+    if roi_size is None:
+        roi_size = choose_patch(median_shape, overrides.get("depth"), init_features, spatial_dims, budget)
+    roi_size = [int(r) for r in roi_size]
+    depth = int(overrides.get("depth") or depth_for(roi_size))
+    per_sample = math.prod(roi_size) * bytes_per_voxel(init_features, spatial_dims, depth)
+    patches = patches_per_batch(roi_size, per_sample, float(np.sum(np.prod(resampled, axis=1))), budget)
+    num_samples = int(overrides.get("num_samples", 2))
+    batch_size = int(overrides.get("batch_size", max(1, patches // num_samples)))
+    fields = {
+        "roi_size": roi_size,
+        "depth": depth,
+        "init_features": init_features,
+        "network_kwargs": network_kwargs(depth, init_features, device),
+        "batch_size": batch_size,
+        "num_samples": num_samples,
+        "sw_batch_size": int(overrides.get("sw_batch_size", sliding_window_batch(per_sample, budget))),
+        "overlap": float(overrides.get("overlap", 0.5)),
+    }
+    memory = {
+        "memory_budget_gb": round(budget / 2**30, 2),
+        "estimated_gb_per_step": round(batch_size * num_samples * per_sample / 2**30, 3),
+    }
+    return fields, memory
+
+
+# TrainConfig fields a plan sets (the rest keep their defaults or the user's values).
+TRAIN_FIELDS = ("preset", "pixdim", "roi_size", "batch_size", "num_samples", "sw_batch_size", "overlap")
+
+
+def plan_options(plan: Mapping[str, Any], network_parameters: Sequence[str] = ()) -> dict[str, Any]:
+    """The :class:`~attnunet.pipelines.engines.training.TrainConfig` options ``plan`` sets.
+
+    Args:
+        plan: a plan from :func:`plan_dataset` or :func:`load_plan`.
+        network_parameters: the keyword arguments the chosen network accepts; the plan's depth and width
+            are passed only to a network that takes ``depth`` and ``init_features``.
+    """
+    options: dict[str, Any] = {name: plan[name] for name in TRAIN_FIELDS}
+    options["preset_kwargs"] = dict(plan["preset_kwargs"])
+    options["network_kwargs"] = {k: v for k, v in plan["network_kwargs"].items() if k in network_parameters}
+    return options
+
+
+def save_plan(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``plan`` as JSON to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(plan, indent=2) + "\n")
+    return path
+
+
+def load_plan(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a plan written by :func:`save_plan`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not JSON or not an attnunet plan.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plan {path} does not exist; write one with 'attnunet plan DATA'")
+    try:
+        plan = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"plan {path} is not JSON: {error}") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise ValueError(
+            f"{path} is not an attnunet plan (format {PLAN_FORMAT!r}); write one with 'attnunet plan'"
+        )
+    return plan
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    """The plan as a two-column text table."""
+    rows = [
+        (
+            "dataset",
+            f"{plan['dataset']} ({plan['cases']} cases, {plan['layout']}, {plan['sampled_cases']} sampled)",
+        ),
+        ("modality / preset", f"{plan['modality'] or '?'} -> {plan['preset']} ({plan['preset_source']})"),
+        ("median spacing", plan["median_spacing"]),
+        ("target spacing", plan["pixdim"] if plan["pixdim"] is not None else "keep each image's"),
+        ("median shape", plan["median_shape"]),
+        ("patch", plan["roi_size"]),
+        ("network", f"depth {plan['depth']}, {plan['init_features']} features"),
+        ("batch", f"{plan['batch_size']} images x {plan['num_samples']} patches"),
+        ("sliding window", f"{plan['sw_batch_size']} windows, overlap {plan['overlap']}"),
+        ("normalisation", plan["normalisation"]["scheme"]),
+        ("preset options", plan["preset_kwargs"] or "-"),
+        (
+            "memory",
+            f"{plan['estimated_gb_per_step']} GiB per step of {plan['memory_budget_gb']} ({plan['device']})",
+        ),
+    ]
+    rows += [
+        (f"class {key}", f"{c['name']}: {100 * c['frequency']:.3f}% of voxels")
+        for key, c in plan["classes"].items()
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

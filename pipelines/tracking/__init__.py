@@ -1,0 +1,1 @@
+"""MLflow: the tracking store, the run tracker and the registered model."""
