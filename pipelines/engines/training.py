@@ -34,10 +34,9 @@ from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 from monai.data import DataLoader, partition_dataset
 from monai.handlers import ValidationHandler
-from monai.inferers import SlidingWindowInferer
 from monai.utils import set_determinism
 
-from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.checkpoints import load_checkpoint
 from attnunet.pipelines.data.datasets import discover_dataset, make_dataset, split_items
 from attnunet.pipelines.data.validation import validate_items
 from attnunet.pipelines.engines.components import (
@@ -55,8 +54,8 @@ from attnunet.pipelines.engines.handlers import (
     TimeBudget,
     validate_at_the_end,
 )
-from attnunet.pipelines.evaluation.overlays import save_overlay
 from attnunet.pipelines.planning.plan import save_plan
+from attnunet.pipelines.tracking.finish import finish_run
 from attnunet.pipelines.tracking.mlflow_runs import RunTracker, check_tracking_server, resolve_tracking_uri
 from attnunet.spec import ModelSpec
 from attnunet.transforms.presets import build_transforms
@@ -344,7 +343,7 @@ def _fit(
         config=resolved,
     )
     if tracker is not None:
-        _finish_run(result, tracker, val_ds, config, register=config.register, alias=config.alias)
+        finish_run(result, tracker, val_ds[0], config)
     return result
 
 
@@ -381,41 +380,3 @@ def _write_config(output: Path, resolved: dict[str, Any], tracker: RunTracker | 
     (output / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True))
     if tracker is not None:
         tracker.log_config(resolved)
-
-
-def _finish_run(
-    result: TrainResult, tracker: RunTracker, val_ds, config: TrainConfig, *, register, alias
-) -> None:
-    """Log the best checkpoint, an overlay of the first validation case and the model; end the run."""
-    resolved = result.config
-    model, _ = model_from_checkpoint(result.best_checkpoint)
-    overlay = result.output / "overlays" / "validation.png"
-    sample = val_ds[0]
-    inferer = SlidingWindowInferer(
-        roi_size=config.roi_size, sw_batch_size=config.sw_batch_size, overlap=config.overlap, mode="gaussian"
-    )
-    with torch.no_grad():
-        logits = inferer(sample["image"].unsqueeze(0).as_tensor().float(), model)[0]
-    prediction = (logits > 0).long() if logits.shape[0] == 1 else logits.argmax(dim=0)
-    save_overlay(
-        overlay,
-        sample["image"][0],
-        sample["label"][0],
-        prediction,
-        class_names=resolved["labels"],
-        title=f"validation case, best epoch {result.best_epoch} (mean Dice {result.best_metric:.3f})",
-    )
-    tracker.log_artifact(result.best_checkpoint, artifact_path="checkpoints")
-    tracker.log_artifact(overlay, artifact_path="overlays")
-    example = tuple(min(s, 32) for s in config.roi_size)
-    result.model_uri = tracker.log_model(
-        model,
-        in_channels=resolved["in_channels"],
-        out_channels=resolved["out_channels"],
-        spatial_dims=resolved["spatial_dims"],
-        example_size=example,
-        register=register,
-        alias=alias,
-    )
-    result.run_id, result.tracking_uri = tracker.run_id, tracker.tracking_uri
-    tracker.end("FINISHED")

@@ -156,6 +156,21 @@ def _write(image: torch.Tensor, path: Path, dtype: type) -> None:
         writer.write(tmp)
 
 
+def _output_paths(
+    cases: Sequence[InferenceCase], output_dir: Path, output_format: str
+) -> tuple[list[Path], list[Path]]:
+    """Where each case's label map and probabilities go; a DICOM SEG needs every case to be a series."""
+    suffix = look_up_option(output_format, OUTPUT_FORMATS)
+    not_series = [case.image for case in cases if case.series_uid is None]
+    if output_format == "dicom-seg" and not_series:
+        raise ValueError(
+            f"--output-format dicom-seg needs DICOM series folders as inputs, but {not_series[0]} is not one "
+            f"({len(not_series)} such inputs); use --output-format nifti for them"
+        )
+    labels = [output_dir / f"{case.name}{suffix}" for case in cases]
+    return labels, [output_dir / PROBABILITIES_DIR / f"{case.name}.nii.gz" for case in cases]
+
+
 def _write_seg(labels: MetaTensor, case: InferenceCase, path: Path, spec: ModelSpec) -> None:
     """One DICOM SEG for a series case, written in a fresh folder beside ``path`` and renamed onto it
     (the writer never replaces a file; ``--overwrite`` replaces it here, once it is complete)."""
@@ -191,28 +206,21 @@ def infer(
     Args:
         inputs: an image file, a folder of images, a DICOM series folder, a CSV with an ``image``
             column, or a list of these (see :func:`discover_inputs`).
-        output_dir: where ``<case>.nii.gz`` (uint8 label maps) are written.
-        model: a checkpoint file from ``attnunet train``, a MONAI bundle folder or an MLflow model URI
-            (``models:/NAME@ALIAS``), read by :func:`attnunet.load_model`.
-        tracking_uri: the MLflow store holding ``model_uri`` (default: ``MLFLOW_TRACKING_URI``).
-        roi_size: window size; default: the model spec's ``roi_size``.
-        overlap: overlap of neighbouring windows, in [0, 1); default: the spec's (0.25 unless planned).
-        sw_batch_size: windows per forward pass; default: the spec's (4 unless planned).
+        output_dir: where the label maps (uint8) are written.
+        model: a checkpoint, a bundle folder or ``models:/NAME@ALIAS`` (:func:`attnunet.load_model`).
+        tracking_uri: the MLflow store of a ``models:/`` model (default: ``MLFLOW_TRACKING_URI``).
+        roi_size, overlap, sw_batch_size: sliding windows; None: the model spec's own.
         blend: ``"gaussian"`` (down-weights window borders) or ``"constant"``.
         tta: average the softmax over flips along each spatial axis (1 + spatial_dims passes).
         largest_component: keep only the largest connected component of each foreground class.
-        output_format: ``"nifti"`` (``<case>.nii.gz``) or ``"dicom-seg"`` (``<case>.dcm``, one DICOM SEG
-            per input series with highdicom: a segment per foreground class named from the model's
-            labels, referencing the series; every input must then be a DICOM series folder).
-        probabilities: also write the class probabilities (float32, channels last) to
-            ``output_dir/probabilities/<case>.nii.gz``.
-        overwrite: replace existing outputs; otherwise any existing output stops the run before
-            anything is computed.
-        device: where the whole volume is kept and the windows are stitched (MONAI's ``device``):
-            ``"auto"`` chooses from the free GPU memory (see
-            :func:`~attnunet.pipelines.inference.devices.choose_devices`), ``"cpu"``/``"cuda"`` force it.
-        sw_device: where the network runs on each window (MONAI's ``sw_device``): ``"auto"`` (CUDA
-            when available), ``"cpu"`` or ``"cuda[:N]"``. AMP is used on CUDA.
+        output_format: ``"nifti"`` (``<case>.nii.gz``) or ``"dicom-seg"`` (``<case>.dcm``: a DICOM SEG
+            per input series, a segment per foreground class, referencing the series).
+        probabilities: also write class probabilities (float32) to ``output_dir/probabilities/``.
+        overwrite: replace existing outputs; otherwise any existing output stops the run first.
+        device: where the volume is kept and stitched: ``"auto"`` (by free GPU memory,
+            :func:`~attnunet.pipelines.inference.devices.choose_devices`), ``"cpu"`` or ``"cuda"``.
+        sw_device: where the network runs on each window: ``"auto"`` (CUDA when available), ``"cpu"``
+            or ``"cuda[:N]"``. AMP is used on CUDA.
         progress: show a progress bar over the cases.
 
     Returns:
@@ -229,37 +237,17 @@ def infer(
     """
     network, spec = load_model(model, device="cpu", tracking_uri=tracking_uri)
     windows = Windows.for_model(
-        spec,
-        roi_size,
-        overlap,
-        sw_batch_size,
-        blend=blend,
-        tta=tta,
-        largest_component=largest_component,
-        sw_device=sw_device,
-        device=device,
-    )
+        spec, roi_size, overlap, sw_batch_size, blend=blend, tta=tta,
+        largest_component=largest_component, sw_device=sw_device, device=device,
+    )  # fmt: skip
     suffixes = IMAGE_SUFFIXES + (IMAGE2D_SUFFIXES if spec.preset == "image2d" else ())
     cases = discover_inputs(inputs, suffixes=suffixes)
 
-    suffix = look_up_option(output_format, OUTPUT_FORMATS)
-    not_series = [case.image for case in cases if case.series_uid is None]
-    if output_format == "dicom-seg" and not_series:
-        raise ValueError(
-            f"--output-format dicom-seg needs DICOM series folders as inputs, but {not_series[0]} is not one "
-            f"({len(not_series)} such inputs); use --output-format nifti for them"
-        )
-    output_dir = Path(output_dir)
-    label_paths = [output_dir / f"{case.name}{suffix}" for case in cases]
-    probability_paths = [output_dir / PROBABILITIES_DIR / f"{case.name}.nii.gz" for case in cases]
+    label_paths, probability_paths = _output_paths(cases, Path(output_dir), output_format)
     refuse_existing(label_paths + (probability_paths if probabilities else []), overwrite)
 
-    for case, label_path, probability_path in tqdm(
-        list(zip(cases, label_paths, probability_paths, strict=True)),
-        desc="infer",
-        unit="case",
-        disable=not progress,
-    ):
+    planned = list(zip(cases, label_paths, probability_paths, strict=True))
+    for case, label_path, probability_path in tqdm(planned, desc="infer", unit="case", disable=not progress):
         scores, labels = segment(network, spec, case, windows)
         if output_format == "dicom-seg":
             _write_seg(labels, case, label_path, spec)
