@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from attnunet.pipelines.bundle.runner import run_config
 from attnunet.pipelines.inference.predict import BLEND_MODES, OUTPUT_FORMATS
@@ -98,5 +99,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``attnunet infer``: the bundle's ``configs/inference.json`` with the flags as its keys."""
     overrides = {key: value for key, value in vars(args).items() if key in INFERENCE_KEYS}
     written = run_config("inference.json", "predictions", overrides)
-    print(f"{len(written)} prediction(s) written to {args.output}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary under torchrun, for all ranks' cases
+        print(f"{len(written)} prediction(s) written to {args.output}")
     return 0

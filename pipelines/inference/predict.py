@@ -17,6 +17,10 @@ The label map ``DIR/<case>.nii.gz`` has the input's shape and affine; with ``--p
 class probabilities go to ``DIR/probabilities/<case>.nii.gz``. Existing outputs are never replaced
 without ``--overwrite``, and every file is written under a temporary name and renamed when complete.
 
+Many scans: ``torchrun --nproc_per_node N -m attnunet infer ...`` splits the cases across the ranks
+(one GPU each when there are GPUs); every output is checked by every rank before any is written, and
+each case is written by exactly one rank.
+
 Large scans: the windows run on the GPU while the whole volume and its stitching stay on the CPU when
 the volume would not fit in the free GPU memory (:mod:`attnunet.pipelines.inference.devices`).
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from monai.data import MetaTensor, NibabelWriter
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import AsDiscrete, Compose, Invertd, KeepLargestConnectedComponent
@@ -42,6 +47,7 @@ from tqdm import tqdm
 from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.models import load_model
 from attnunet.pipelines.data.files import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES, innermost_cause
+from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.inference.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs
 from attnunet.spec import ModelSpec
@@ -156,6 +162,16 @@ def _write(image: torch.Tensor, path: Path, dtype: type) -> None:
         writer.write(tmp)
 
 
+def _join_ranks(device: str) -> tuple[int, int]:
+    """``(rank, world)``: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined (one GPU per
+    rank when there are GPUs) and each rank takes every ``world``-th case, so each is written once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    rank, world, _ = setup_distributed("cpu" if device == "cpu" else None)
+    dist.barrier()
+    return rank, world
+
+
 def _output_paths(
     cases: Sequence[InferenceCase], output_dir: Path, output_format: str
 ) -> tuple[list[Path], list[Path]]:
@@ -245,8 +261,8 @@ def infer(
 
     label_paths, probability_paths = _output_paths(cases, Path(output_dir), output_format)
     refuse_existing(label_paths + (probability_paths if probabilities else []), overwrite)
-
-    planned = list(zip(cases, label_paths, probability_paths, strict=True))
+    rank, world = _join_ranks(device)  # under torchrun: every rank checked every output before any is written
+    planned = list(zip(cases, label_paths, probability_paths, strict=True))[rank::world]
     for case, label_path, probability_path in tqdm(planned, desc="infer", unit="case", disable=not progress):
         scores, labels = segment(network, spec, case, windows)
         if output_format == "dicom-seg":
@@ -255,6 +271,9 @@ def infer(
             _write(labels, label_path, np.uint8)
         if probabilities:
             _write(scores, probability_path, np.float32)
+    if world > 1:  # the cases of one rank are written; wait for the others, then leave the group
+        dist.barrier()
+        leave_distributed(world)
     return label_paths
 
 
