@@ -71,7 +71,9 @@ def export_torchscript(
 
     Example::
 
-        >>> export_torchscript(create_network("attention_unet_3d_small"), "model.ts")
+        >>> from attnunet import create_network
+        >>> export_torchscript(create_network("attention_unet_3d_small", depth=2), "model.ts")
+        PosixPath('model.ts')
     """
     method = look_up_option(method, ("script", "trace"))
     path = _check_output(path, overwrite)
@@ -113,7 +115,9 @@ def export_onnx(
 
     Example::
 
-        >>> export_onnx(create_network("attention_unet_2d"), "model.onnx", torch.randn(1, 3, 256, 256))
+        >>> from attnunet import create_network
+        >>> export_onnx(create_network("attention_unet_2d", depth=2), "model.onnx", torch.randn(1, 3, 64, 64))
+        PosixPath('model.onnx')
     """
     import onnx  # the dev/export extra; imported only when exporting
 

@@ -89,9 +89,10 @@ def create_network(name: str, **kwargs: object) -> nn.Module:
 
     Example::
 
-        >>> net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3)
-        >>> net(torch.randn(1, 1, 97, 97, 97)).shape
-        torch.Size([1, 3, 97, 97, 97])
+        >>> import torch
+        >>> net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, depth=2)
+        >>> net(torch.randn(1, 1, 33, 30, 17)).shape  # padded to a multiple of 2**depth, cropped back
+        torch.Size([1, 3, 33, 30, 17])
     """
     builder = look_up_option(name, _REGISTRY)
     signature = inspect.signature(builder)

@@ -69,7 +69,11 @@ def summarize(
     Example::
 
         >>> stats = summarize("attention_unet_2d", (3, 256, 256))
-        >>> print(stats)  # per-layer output shapes and parameters, totals, memory estimate
+        >>> print(stats)  # doctest: +ELLIPSIS
+        =====...
+        Layer (type:depth-idx)                        Output Shape              Param #
+        ...
+        Total params: ...
     """
     if isinstance(network, str):
         network = create_network(network, **network_kwargs)

@@ -108,7 +108,7 @@ def plan_dataset(
 
     Example:
         >>> plan = plan_dataset("Task04_Hippocampus")  # doctest: +SKIP
-        >>> plan["roi_size"], plan["network_kwargs"]
+        >>> plan["roi_size"], plan["network_kwargs"]  # doctest: +SKIP
         ([40, 56, 40], {'depth': 3, 'init_features': 16})
     """
     overrides = dict(overrides or {})
