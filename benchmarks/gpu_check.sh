@@ -13,9 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The wheels the device needs besides torch: the runtime imports of attnunet's network, inference and
-# readers (SimpleITK and MLflow are imported only where DICOM/NRRD or tracking are used), nnU-Net's
-# network, pytest for the CUDA tests, setuptools to install this checkout. Versions: this machine's.
-PACKAGES=(monai nibabel numpy pillow pytorch-ignite tqdm packaging dynamic-network-architectures
+# readers (pydicom for the DICOM series checks; SimpleITK, highdicom and MLflow are imported only where
+# DICOM/NRRD, DICOM SEG or tracking are used, tests/test_gpu_check.py checks it), nnU-Net's network,
+# pytest for the CUDA tests, setuptools to install this checkout. Versions: this machine's.
+PACKAGES=(monai nibabel numpy pillow pydicom pytorch-ignite tqdm packaging dynamic-network-architectures
           pytest pluggy iniconfig setuptools)
 
 if [[ "${1:-}" == "--wheels" ]]; then

@@ -1,4 +1,4 @@
-"""DICOM SEG out and in (attnunet.transforms.dicom_seg) on the real series of ../shared/data/dicom.
+"""DICOM SEG out and in (transforms.dicom_seg, dicom_seg_read) on the real series of ../shared/data/dicom.
 
 Frames are checked against the source files independently of our reader: the label map is a threshold
 of the series as SimpleITKReader reads it, and each SEG frame, found by its source SOPInstanceUID,
@@ -22,7 +22,8 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
-from attnunet.transforms.dicom_seg import read_dicom_seg, write_dicom_seg
+from attnunet.transforms.dicom_seg import write_dicom_seg
+from attnunet.transforms.dicom_seg_read import read_dicom_seg
 from attnunet.transforms.readers import SimpleITKReader, sitk_affine
 
 DICOM_DATA = Path(__file__).parents[2] / "shared" / "data" / "dicom"
@@ -280,6 +281,15 @@ def test_a_file_that_is_not_a_seg_is_refused():
         ValueError, match=r"01\.dcm cannot be read as a DICOM SEG: Dataset is not a Segmentation"
     ):
         read_dicom_seg(source, real(CT3) / "image")
+
+
+def test_a_series_folder_is_needed(tmp_path, ct3_labels):
+    folder, labels, _ = ct3_labels
+    one_file = sorted(folder.iterdir())[0]
+    with pytest.raises(ValueError, match=r"01\.dcm is not a folder: .*give the series' folder"):
+        read_dicom_seg(real(CT3) / "liver.dcm", one_file)
+    with pytest.raises(ValueError, match=r"01\.dcm is not a folder"):
+        write_dicom_seg(labels, one_file, tmp_path / "seg.dcm", NAMES)
 
 
 def test_a_seg_of_another_series_is_refused():

@@ -16,8 +16,9 @@ import pytest
 from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
+from attnunet.transforms.dicom_series import check_dicom_series, subfolders
 from attnunet.transforms.headers import read_header
-from attnunet.transforms.readers import SimpleITKReader, check_dicom_series
+from attnunet.transforms.readers import SimpleITKReader
 
 DICOM_DATA = Path(__file__).parents[2] / "shared" / "data" / "dicom"
 CT = "ct_20slices_siemens"
@@ -180,3 +181,11 @@ def test_slice_without_position(tmp_path):
     dataset.save_as(folder / "no_position.dcm")
     message = refused(folder)
     assert "no_position.dcm has no valid ImagePositionPatient/ImageOrientationPatient" in message
+
+
+def test_subfolders_are_the_visible_folders_in_order(tmp_path):
+    for name in ("b", "a", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "c.dcm").write_text("a file")
+    assert subfolders(tmp_path) == [tmp_path / "a", tmp_path / "b"]
+    assert subfolders(tmp_path / "c.dcm") == [] and subfolders(tmp_path / "missing") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
@@ -36,3 +37,17 @@ def test_wheels_lists_a_pip_download_per_package():
     )
     assert any(" monai==" in line for line in lines) and any(" nibabel==" in line for line in lines)
     assert not any("mlflow" in line or "SimpleITK" in line for line in lines)  # the device needs neither
+
+
+def test_the_device_path_imports_without_what_the_device_lacks():
+    """The device carries no SimpleITK, highdicom or MLflow wheels: the GPU check must import without them."""
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('SimpleITK', 'highdicom', 'mlflow')]; "
+    script = repr(str(SCRIPT.with_suffix(".py")))
+    run = f"import runpy; sys.argv = [{script}, '--help']; runpy.run_path({script}, run_name='__main__')"
+    done = subprocess.run(
+        [sys.executable, "-c", blocked + run],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

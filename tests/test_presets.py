@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
@@ -13,7 +14,12 @@ from monai.transforms import Invertd
 from monai.utils import set_determinism
 from PIL import Image
 
+from attnunet.pipelines.data.files import innermost_cause
+from attnunet.transforms.dicom_series import list_dicom_series
 from attnunet.transforms.presets import build_transforms, ct_transforms, image2d_transforms, mr_transforms
+from attnunet.transforms.readers import SimpleITKReader
+
+SIEMENS = Path(__file__).parents[2] / "shared" / "data" / "dicom" / "ct_20slices_siemens"
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +54,9 @@ def names(chain) -> list[str]:
 )
 def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
     chain = build_transforms(preset, mode)
-    loaders = [t for t in chain.transforms if type(t).__name__ == "LoadImaged"]
+    loaders = [t for t in chain.transforms if type(t).__name__ == "LoadImageLabeld"]
     assert names(chain)[len(loaders)] == "EnsureChannelFirstd"
-    assert names(chain)[: len(loaders)] == ["LoadImaged"] * len(loaders)
+    assert names(chain)[: len(loaders)] == ["LoadImageLabeld"] * len(loaders)
     assert tuple(k for t in loaders for k in t.keys) == keys
     assert names(chain)[-1] == "EnsureTyped"
     random = {"RandCropByPosNegLabeld", "RandFlipd"} & set(names(chain))
@@ -131,6 +137,35 @@ def test_reader_option_loads_metaimage(case, tmp_path):
     ]
     from_nifti = ct_transforms("infer")({"image": case["image"]})["image"]
     np.testing.assert_allclose(from_mha.numpy(), from_nifti.numpy())
+
+
+@pytest.fixture
+def series_with_a_gap(tmp_path: Path) -> tuple[Path, str]:
+    """Links to the real Siemens series without its 8th slice (in slice order), and the series' UID."""
+    if not SIEMENS.exists():
+        pytest.skip(
+            f"real DICOM data {SIEMENS} is absent (it lives in ../shared/data, outside the repository)"
+        )
+    files = [path for path in SIEMENS.iterdir() if not path.name.endswith(".nii.gz")]
+    files.sort(key=lambda path: float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2]))
+    folder = tmp_path / "gap"
+    folder.mkdir()
+    for path in files[:7] + files[8:]:
+        (folder / path.name).symlink_to(path)
+    return folder, list_dicom_series(folder)[0].uid
+
+
+def test_a_given_reader_is_the_only_one_tried(series_with_a_gap):
+    """SimpleITKReader refuses the gap; MONAI's PydicomReader must not stack the folder in its place."""
+    folder, uid = series_with_a_gap
+    chain = build_transforms("ct", "infer", reader=SimpleITKReader(series_uid=uid))
+    message = r"gap: 1 slice\(s\) missing between .* 4 mm apart where the other slices are 2 mm apart"
+    with pytest.raises(ValueError, match=message) as refused:
+        chain.transforms[0]({"image": str(folder)})
+    assert "\n" not in str(refused.value)
+    with pytest.raises(RuntimeError) as wrapped:  # MONAI's Compose wraps a transform's error
+        chain({"image": str(folder)})
+    assert innermost_cause(wrapped.value) == f"ValueError: {refused.value}"
 
 
 def test_image2d_train(pictures):

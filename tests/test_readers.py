@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from monai.transforms import LoadImage, LoadImaged
 from monai.transforms.io.array import SUPPORTED_READERS
 
+from attnunet.transforms.dicom_series import DicomSeries, list_dicom_series
 from attnunet.transforms.headers import read_header
-from attnunet.transforms.readers import DicomSeries, SimpleITKReader, list_dicom_series, sitk_affine
+from attnunet.transforms.readers import SimpleITKReader, sitk_affine
 
 
 @pytest.fixture(scope="module")

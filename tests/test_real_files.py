@@ -14,9 +14,10 @@ from monai.transforms import LoadImage, Orientation
 
 from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.pipelines.data.validation import validate_items
+from attnunet.transforms.dicom_series import list_dicom_series
 from attnunet.transforms.headers import read_header
 from attnunet.transforms.presets import build_transforms
-from attnunet.transforms.readers import SimpleITKReader, list_dicom_series
+from attnunet.transforms.readers import SimpleITKReader
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 # pydicom's bundled files only: get_testdata_file() may download the others, which tests must not do.

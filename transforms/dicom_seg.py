@@ -1,12 +1,12 @@
-"""DICOM SEG output and input: label maps on the grid of their source DICOM series, via highdicom.
+"""DICOM SEG output: label maps on the grid of their source DICOM series, via highdicom.
 
-Array contract (the same as :class:`~attnunet.transforms.readers.SimpleITKReader` reading the series
-folder): a label map is indexed ``(x, y, z)`` = (column, row, slice), where slice ``k`` is the
-``k``-th file of the series sorted along the slice normal (by ``check_dicom_series``), i.e. the
-transpose of ``SimpleITK.GetArrayFromImage`` of the series. Its affine is that reader's 4 x 4 RAS affine. An
-inference prediction inverted to its input's grid (``Invertd``) is in exactly this layout, so it is
-written without resampling; :func:`read_dicom_seg` returns the same layout, so
-``read_dicom_seg(write_dicom_seg(x, ...), ...).labels == x``.
+Array contract, shared with :mod:`attnunet.transforms.dicom_seg_read` (the same as
+:class:`~attnunet.transforms.readers.SimpleITKReader` reading the series folder): a label map is indexed
+``(x, y, z)`` = (column, row, slice), where slice ``k`` is the ``k``-th file of the series sorted along
+the slice normal (by ``check_dicom_series``), i.e. the transpose of ``SimpleITK.GetArrayFromImage`` of
+the series. Its affine is that reader's 4 x 4 RAS affine. An inference prediction inverted to its
+input's grid (``Invertd``) is in exactly this layout, so it is written without resampling;
+``read_dicom_seg`` returns the same layout, so ``read_dicom_seg(write_dicom_seg(x, ...), ...).labels == x``.
 
 Writing: one segment per foreground class named in ``class_names`` (segment numbers 1..K in
 ascending class value, so classes 1..K keep their numbers), named after the class. Classes absent
@@ -19,37 +19,33 @@ SEG whose segments are all empty): "nothing found" is a valid result of inferenc
 would stop a pipeline on a negative case. The source images are the series' own files read by
 pydicom, so highdicom takes the patient, study, frame of reference, referenced series and instances
 and each frame's plane position and orientation (oblique included) from them.
-
-Reading: segments are combined into one label map. Overlapping segments are refused, naming the
-overlapping pairs: a label map holds one class per voxel and no precedence rule is right for every
-SEG; ``segments=`` selects segments that do not overlap (read several times for nested structures).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
-import highdicom as hd
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from monai.config import NdarrayOrTensor
-from monai.utils import convert_to_numpy
+from monai.utils import convert_to_numpy, optional_import
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from attnunet.atomic import atomic_output
-from attnunet.transforms.readers import SimpleITKReader, check_dicom_series, sitk_affine
+from attnunet.transforms.dicom_series import check_dicom_series
+from attnunet.transforms.readers import SimpleITKReader, sitk_affine
+
+# highdicom and SimpleITK are needed only when a DICOM SEG is read or written, not on the GPU
+# check's inference path (which carries neither); their first use says to install them.
+hd, _ = optional_import("highdicom")
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = [
     "write_dicom_seg",
-    "read_dicom_seg",
-    "DicomSegLabels",
     "ClassNames",
     "DEFAULT_CATEGORY",
     "DEFAULT_TYPE",
@@ -67,9 +63,6 @@ SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
 # A label map's affine (after inference and Invertd, float round-off) must match the series' to this,
 # in mm; any real mismatch (another grid, LPS instead of RAS) is far larger.
 _AFFINE_ATOL = 1e-3
-# The SEG's grid must sit on the series' voxels to this fraction of a voxel (DS strings round
-# positions and direction cosines, more so for oblique series).
-_GRID_TOL = 1e-2
 _REQUIRED_UIDS = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -77,23 +70,6 @@ _REQUIRED_UIDS = (
     "SeriesInstanceUID",
     "FrameOfReferenceUID",
 )
-_SERIES_UID_TAG = "0020|000e"
-_FRAME_OF_REFERENCE_TAG = "0020|0052"
-
-
-class DicomSegLabels(NamedTuple):
-    """A label map read from a DICOM SEG.
-
-    Attributes:
-        labels: unsigned integer array ``(x, y, z)`` on the series' grid (see the module's contract);
-            0 is background.
-        affine: the series' 4 x 4 RAS affine, as ``SimpleITKReader`` gives it.
-        names: label value -> the SEG's segment label, for the segments read.
-    """
-
-    labels: np.ndarray
-    affine: np.ndarray
-    names: dict[int, str]
 
 
 def write_dicom_seg(
@@ -149,22 +125,15 @@ def write_dicom_seg(
         raise FileExistsError(f"{output_path} already exists; a DICOM SEG is never replaced")
     if segmentation_type not in SEGMENTATION_TYPES:
         raise ValueError(f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}")
-    names = _class_names(class_names)
+    names = class_name_table(class_names)
     foreground = sorted(value for value in names if value != 0)
     if not foreground:
         raise ValueError(f"class_names {dict(names)} names no foreground class (a value other than 0)")
-    image = _read_series(series_folder, series_uid)
-    array = _label_array(labels, affine, image, series_folder)
-    unnamed = sorted(set(np.unique(array).tolist()) - set(names) - {0})
-    if unnamed:
-        raise ValueError(f"labels hold values {unnamed} that class_names {dict(names)} does not name")
-    # Segment numbers must run 1..K: class values map to them in ascending order.
-    lookup = np.zeros(max(foreground) + 1, dtype=np.min_scalar_type(len(foreground)))
-    lookup[foreground] = np.arange(1, len(foreground) + 1)
+    image = read_source_series(series_folder, series_uid)
+    array = _label_array(labels, affine, image, series_folder, names)
     seg = hd.seg.Segmentation(
         source_images=_source_datasets(series_folder, series_uid, image),
-        # (x, y, z) -> (frame, row, column): frame k is the k-th sorted file, its source image.
-        pixel_array=lookup[array].transpose(2, 1, 0),
+        pixel_array=_frames(array, foreground),
         segmentation_type=segmentation_type,
         segment_descriptions=_segment_descriptions(foreground, names, segment_codes or {}),
         series_instance_uid=hd.UID(),
@@ -182,69 +151,7 @@ def write_dicom_seg(
     return output_path
 
 
-def read_dicom_seg(
-    seg_path: str | os.PathLike,
-    series_folder: str | os.PathLike,
-    *,
-    class_names: ClassNames | None = None,
-    segments: Sequence[int | str] | None = None,
-    series_uid: str | None = None,
-) -> DicomSegLabels:
-    """Read a DICOM SEG as one integer label map on the grid of its source series.
-
-    Args:
-        seg_path: a BINARY or LABELMAP DICOM SEG file.
-        series_folder: the folder of the series the SEG references.
-        class_names: name of each label value (see :data:`ClassNames`); each segment gets the value
-            whose name equals its segment label (case-insensitive). Without it, a segment's value is
-            its segment number (what :func:`write_dicom_seg` gives classes 1..K).
-        segments: the segments to read, by number or label; default all. Overlapping segments are
-            refused, so pick ones that do not overlap.
-        series_uid: the series to use when the folder holds several; defaults to the one the SEG
-            references.
-
-    Returns:
-        The label map, the series' affine and the names of the segments read.
-
-    Raises:
-        ValueError: the file is not a SEG or is fractional; a segment is unknown or has no class name;
-            the selected segments overlap; the SEG references another series or frame of reference,
-            or its frames are not on the series' grid; or the folder does not hold the series.
-
-    Example:
-        >>> labels, affine, names = read_dicom_seg(
-        ...     "case1/liver.dcm", "case1/image", class_names={"0": "background", "1": "liver"}
-        ... )  # doctest: +SKIP
-    """
-    try:
-        seg = hd.seg.segread(seg_path)
-    except ValueError as error:  # highdicom's message ("Dataset is not a Segmentation.") names no file
-        raise ValueError(f"{seg_path} cannot be read as a DICOM SEG: {error}") from None
-    if seg.segmentation_type.value not in SEGMENTATION_TYPES:
-        raise ValueError(
-            f"{seg_path} is a {seg.segmentation_type.value} SEG; "
-            f"only {SEGMENTATION_TYPES} SEGs are label maps"
-        )
-    numbers = _segment_numbers(seg, segments, seg_path)
-    values = _segment_values(seg, numbers, class_names, seg_path)
-    referenced = [item.SeriesInstanceUID for item in seg.get("ReferencedSeriesSequence", [])]
-    if series_uid is None and len(referenced) == 1:
-        series_uid = referenced[0]
-    image = _read_series(series_folder, series_uid)
-    _check_same_series(seg, referenced, image, seg_path, series_folder)
-    volume = _combined_volume(seg, numbers, seg_path)
-    try:
-        # highdicom's volume of a SimpleITK image is indexed (x, y, z), as the contract.
-        matched = volume.match_geometry(hd.Volume.from_simpleitk(image), tol=_GRID_TOL)
-    except RuntimeError as error:
-        raise ValueError(f"{seg_path} is not on the grid of the series in {series_folder}: {error}") from None
-    lookup = np.zeros(max(numbers) + 1, dtype=np.min_scalar_type(max(values.values())))
-    lookup[list(values)] = list(values.values())
-    names = {values[number]: seg.get_segment_description(number).segment_label for number in numbers}
-    return DicomSegLabels(lookup[matched.array], sitk_affine(image), names)
-
-
-def _class_names(class_names: ClassNames) -> dict[int, str]:
+def class_name_table(class_names: ClassNames) -> dict[int, str]:
     """``class_names`` as {label value: name}; string keys (dataset.json's) must be integers."""
     items = class_names.items() if isinstance(class_names, Mapping) else enumerate(class_names)
     names = {}
@@ -256,15 +163,25 @@ def _class_names(class_names: ClassNames) -> dict[int, str]:
     return names
 
 
-def _read_series(folder: str | os.PathLike, series_uid: str | None) -> sitk.Image:
+def read_source_series(folder: str | os.PathLike, series_uid: str | None) -> sitk.Image:
     """The series as the inference pipeline reads it: its grid defines the label map's."""
+    if not Path(folder).is_dir():
+        raise ValueError(
+            f"{folder} is not a folder: a DICOM SEG lies on the grid of a DICOM series, so give the series' "
+            "folder"
+        )
     return SimpleITKReader(series_uid=series_uid).read(folder)
 
 
 def _label_array(
-    labels: NdarrayOrTensor, affine: NdarrayOrTensor | None, image: sitk.Image, folder: str | os.PathLike
+    labels: NdarrayOrTensor,
+    affine: NdarrayOrTensor | None,
+    image: sitk.Image,
+    folder: str | os.PathLike,
+    names: Mapping[int, str],
 ) -> np.ndarray:
-    """``labels`` as an integer (x, y, z) array, checked against the series' shape and affine."""
+    """``labels`` as an integer (x, y, z) array, checked against the series' shape and affine and the
+    class names."""
     array = convert_to_numpy(labels)
     if array.ndim == 4 and array.shape[0] == 1:  # MONAI's channel-first prediction
         array = array[0]
@@ -285,7 +202,19 @@ def _label_array(
         if not np.array_equal(array, np.round(array)):
             raise ValueError("labels have fractional values; pass a label map (argmax or threshold)")
         array = array.astype(np.int64)
+    unnamed = sorted(set(np.unique(array).tolist()) - set(names) - {0})
+    if unnamed:
+        raise ValueError(f"labels hold values {unnamed} that class_names {dict(names)} does not name")
     return array
+
+
+def _frames(array: np.ndarray, foreground: Sequence[int]) -> np.ndarray:
+    """The label map as highdicom's (frame, row, column) array of segment numbers 1..K."""
+    # Segment numbers must run 1..K: class values map to them in ascending order.
+    lookup = np.zeros(max(foreground) + 1, dtype=np.min_scalar_type(len(foreground)))
+    lookup[list(foreground)] = np.arange(1, len(foreground) + 1)
+    # (x, y, z) -> (frame, row, column): frame k is the k-th sorted file, its source image.
+    return lookup[array].transpose(2, 1, 0)
 
 
 # Type 2 attributes of the Patient and General Study modules that highdicom reads from the source.
@@ -373,98 +302,3 @@ def _segment_descriptions(
 
 def _version() -> str:
     return importlib.metadata.version("attnunet")
-
-
-def _segment_numbers(
-    seg: hd.seg.Segmentation, segments: Sequence[int | str] | None, seg_path: str | os.PathLike
-) -> list[int]:
-    """The selected segment numbers (all by default); a string selects by segment label."""
-    available = {number: seg.get_segment_description(number).segment_label for number in seg.segment_numbers}
-    if segments is None:
-        return sorted(available)
-    if not segments:
-        raise ValueError(f"segments=[] selects none of the segments of {seg_path}")
-    numbers = []
-    for wanted in segments:
-        found = [
-            number
-            for number, label in available.items()
-            if (label.casefold() == wanted.casefold() if isinstance(wanted, str) else number == wanted)
-        ]
-        if not found:
-            listing = ", ".join(f"{number} {label!r}" for number, label in available.items())
-            raise ValueError(f"{seg_path} has no segment {wanted!r}; its segments are {listing}")
-        numbers.extend(found)
-    return sorted(set(numbers))
-
-
-def _segment_values(
-    seg: hd.seg.Segmentation,
-    numbers: Sequence[int],
-    class_names: ClassNames | None,
-    seg_path: str | os.PathLike,
-) -> dict[int, int]:
-    """Segment number -> label value: the class whose name is the segment's label, else the number."""
-    if class_names is None:
-        return {number: number for number in numbers}
-    by_name = {name.casefold(): value for value, name in _class_names(class_names).items()}
-    values = {}
-    for number in numbers:
-        label = seg.get_segment_description(number).segment_label
-        if label.casefold() not in by_name:
-            raise ValueError(
-                f"{seg_path}: segment {number} {label!r} has no class in class_names "
-                f"{sorted(by_name)}; select segments with segments=[...]"
-            )
-        values[number] = by_name[label.casefold()]
-    return values
-
-
-def _check_same_series(
-    seg: hd.seg.Segmentation,
-    referenced: Sequence[str],
-    image: sitk.Image,
-    seg_path: str | os.PathLike,
-    folder: str | os.PathLike,
-) -> None:
-    """Refuse a SEG made for another series (a pairing mistake), before comparing grids."""
-    uid = image.GetMetaData(_SERIES_UID_TAG).strip("\x00 ")
-    if referenced and uid not in referenced:
-        raise ValueError(f"{seg_path} references series {referenced}, not series {uid!r} in {folder}")
-    frame_of_reference = image.GetMetaData(_FRAME_OF_REFERENCE_TAG).strip("\x00 ")
-    if seg.FrameOfReferenceUID != frame_of_reference:
-        raise ValueError(
-            f"{seg_path} is in frame of reference {seg.FrameOfReferenceUID}, the series in {folder} "
-            f"in {frame_of_reference}"
-        )
-
-
-def _combined_volume(
-    seg: hd.seg.Segmentation, numbers: Sequence[int], seg_path: str | os.PathLike
-) -> hd.Volume:
-    """The selected segments as one volume of segment numbers; overlaps are refused, by name."""
-    try:
-        return seg.get_volume(segment_numbers=numbers, combine_segments=True, relabel=False)
-    except RuntimeError:
-        # Read afresh: after this error highdicom 0.28 leaves the SEG's frame table locked
-        # ("database table is locked" on the next get_volume).
-        overlaps = _overlaps(hd.seg.segread(seg_path), numbers)
-        if not overlaps:
-            raise
-        raise ValueError(
-            f"{seg_path}: segments overlap ({'; '.join(overlaps)}) and a label map holds one class per "
-            "voxel; read segments that do not overlap with segments=[...]"
-        ) from None
-
-
-def _overlaps(seg: hd.seg.Segmentation, numbers: Sequence[int]) -> list[str]:
-    """Each overlapping pair of the selected segments, with its voxel count."""
-    masks = seg.get_volume(segment_numbers=numbers, combine_segments=False).array.astype(bool)
-    overlaps = []
-    for (i, first), (j, second) in itertools.combinations(enumerate(numbers), 2):
-        count = int(np.count_nonzero(masks[..., i] & masks[..., j]))
-        if count:
-            first_label = seg.get_segment_description(first).segment_label
-            second_label = seg.get_segment_description(second).segment_label
-            overlaps.append(f"{first} {first_label!r} and {second} {second_label!r}: {count} voxels")
-    return overlaps

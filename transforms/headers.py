@@ -4,28 +4,33 @@ Dataset checks (:mod:`attnunet.pipelines.data.validation`) and cache sizing
 (:mod:`attnunet.pipelines.data.datasets`)
 need every file's shape and geometry before anything is decoded. nibabel reads NIfTI headers,
 SimpleITK's ``ReadImageInformation`` the other volume formats, PIL the 2D formats; a DICOM series folder
-is checked with :func:`~attnunet.transforms.readers.check_dicom_series` (the reader's own check) and its
-first slice read.
+is checked with :func:`~attnunet.transforms.dicom_series.check_dicom_series` (the reader's own check) and its
+first slice read. A DICOM SEG label has the header of the series it is read onto, found beside it.
 Affines are in RAS, as ``LoadImaged`` returns them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import PILReader
+from monai.data import MetaTensor, PILReader
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImage
 from monai.utils import optional_import
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 
-from attnunet.transforms.readers import check_dicom_series, sitk_affine
+from attnunet.transforms.dicom_seg_read import find_source_series, is_dicom_seg
+from attnunet.transforms.dicom_series import check_dicom_series
+from attnunet.transforms.loading import LoadDicomSeg
+from attnunet.transforms.readers import sitk_affine
 
 # SimpleITK (NRRD, MHA, DICOM series) is optional where only NIfTI and 2D files are read, e.g. the
 # GPU check: its first use raises an error saying to install it.
@@ -121,10 +126,10 @@ def _sitk_header(path: Path) -> ImageHeader:
     )
 
 
-def _dicom_series_header(folder: Path) -> ImageHeader:
+def _dicom_series_header(folder: Path, series_uid: str | None = None) -> ImageHeader:
     """The series' geometry as the reader stacks it: the first slice's plane, then the checked slice step
     (a folder that the reader would refuse is refused here too, before any training)."""
-    geometry = check_dicom_series(folder)
+    geometry = check_dicom_series(folder, series_uid)
     files = geometry.series.files
     first = _file_information(files[0])
     lps = np.eye(4)
@@ -139,6 +144,12 @@ def _dicom_series_header(folder: Path) -> ImageHeader:
         affine=orientation_ras_lps(lps),
         dtype=_pixel_dtype(first),
     )
+
+
+def _dicom_seg_header(path: Path) -> ImageHeader:
+    """The header of the series the SEG is read onto (see :func:`read_header`)."""
+    header = _dicom_series_header(*find_source_series(path))
+    return replace(header, path=path, channels=1, dtype=np.dtype(np.uint8))
 
 
 def _pil_header(path: Path) -> ImageHeader:
@@ -164,18 +175,30 @@ def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 
 def loader_for(
     path: str | os.PathLike, *, mask: bool = False, ensure_channel_first: bool = False
-) -> LoadImage:
-    """MONAI's ``LoadImage`` (array only) with the reader the presets use for ``path``: PIL for the 2D
-    formats (MONAI picks no reader for TIFF or GIF by itself; a ``mask`` is read as one grayscale
-    channel), MONAI's choice by suffix otherwise."""
+) -> Callable[[str | os.PathLike], MetaTensor]:
+    """A loader (``path`` -> array-only ``MetaTensor``) the way the presets read ``path``: PIL for the 2D
+    formats, the only reader tried (MONAI picks none for TIFF or GIF by itself; a ``mask`` is read as
+    one grayscale channel); a DICOM SEG onto the series found beside it
+    (:class:`~attnunet.transforms.loading.LoadDicomSeg`); MONAI's choice by suffix otherwise."""
     if str(path).lower().endswith(IMAGE2D_SUFFIXES):
         reader = PILReader(converter=grayscale) if mask else PILReader()
-        return LoadImage(reader=reader, image_only=True, ensure_channel_first=ensure_channel_first)
+        # Given at call time, the reader is the only one tried: no other reader's guess replaces its error.
+        return functools.partial(
+            LoadImage(image_only=True, ensure_channel_first=ensure_channel_first), reader=reader
+        )
+    if is_dicom_seg(path):
+        return LoadDicomSeg(ensure_channel_first=ensure_channel_first)
     return LoadImage(image_only=True, ensure_channel_first=ensure_channel_first)
 
 
 def read_header(path: str | os.PathLike) -> ImageHeader:
-    """Read the header of a NIfTI, NRRD, MetaImage, PNG/TIFF/JPEG/BMP file or a DICOM series folder.
+    """Read the header of a NIfTI, NRRD, MetaImage, PNG/TIFF/JPEG/BMP file, a DICOM series folder or a
+    DICOM SEG label.
+
+    A DICOM SEG gives the header of the grid it is read onto: the series it references, found beside it
+    (:func:`~attnunet.transforms.dicom_seg_read.find_source_series`), with ``path`` the SEG, one channel
+    and ``uint8`` (a label map's values). The transform chains read a SEG label onto the case's image
+    instead; both are the same series when the SEG lies beside its series.
 
     Args:
         path: the file or folder.
@@ -186,8 +209,9 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a folder holds no DICOM series.
-        ValueError: the header cannot be read (not an image, truncated header, unknown format), or
-            :func:`~attnunet.transforms.readers.check_dicom_series` refuses a DICOM series folder.
+        ValueError: the header cannot be read (not an image, truncated header, unknown format),
+            :func:`~attnunet.transforms.dicom_series.check_dicom_series` refuses a DICOM series folder, or
+            a DICOM SEG's series is not found beside it.
 
     Example:
         >>> read_header("imagesTr/case_001.nii.gz").spatial_shape  # doctest: +SKIP
@@ -199,6 +223,8 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     name = path.name.lower()
     if path.is_dir():
         return _dicom_series_header(path)  # SimpleITK's errors are reported per file by _file_information
+    if is_dicom_seg(path):
+        return _dicom_seg_header(path)
     if not name.endswith(NIFTI_SUFFIXES + IMAGE2D_SUFFIXES):
         return _sitk_header(path)
     try:

@@ -1,15 +1,18 @@
 """Preset chains of MONAI dictionary transforms: CT, MR and 2D images, for training, validation and inference.
 
-Every chain starts with ``LoadImaged`` + ``EnsureChannelFirstd``. The 3D chains then reorient to RAS,
-resample to ``pixdim`` (when given), normalise intensities (CT: Hounsfield window, clipped and scaled
-to [0, 1]; MR: z-score over non-zero voxels, per channel), and for training crop the foreground, pad
-to ``roi_size``, draw ``num_samples`` patches centred on label/background voxels in turn, flip along
-each axis (the reference document's random flips, extended to 3D) and jitter intensities.
+Every chain starts with :class:`~attnunet.transforms.loading.LoadImageLabeld` (``LoadImaged`` that
+tries only the reader given, and reads a DICOM SEG label onto its image's series) and
+``EnsureChannelFirstd``. The 3D chains then reorient to RAS, resample to ``pixdim`` (when given),
+normalise intensities (CT: Hounsfield window, clipped and scaled to [0, 1]; MR: z-score over non-zero
+voxels, per channel), and for training crop the foreground, pad to ``roi_size``, draw ``num_samples``
+patches centred on label/background voxels in turn, flip along each axis (the reference document's
+random flips, extended to 3D) and jitter intensities.
 
 ``"val"`` and ``"infer"`` keep whole volumes and only use invertible spatial transforms, so
 ``monai.transforms.Invertd(keys="pred", transform=chain, orig_keys="image")`` returns a prediction
 to the input's own shape and affine. ``"train"`` and ``"val"`` load ``("image", "label")``,
-``"infer"`` only ``"image"``.
+``"infer"`` only ``"image"``. A DICOM SEG label then goes through the same spatial transforms as a label
+volume of its series would: after ``Orientationd`` it is in RAS like the image.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from monai.transforms import (
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
@@ -40,6 +42,7 @@ from monai.utils import look_up_option
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
 from attnunet.transforms.headers import grayscale
+from attnunet.transforms.loading import LoadImageLabeld
 
 __all__ = ["PRESETS", "MODES", "build_transforms", "ct_transforms", "mr_transforms", "image2d_transforms"]
 
@@ -75,7 +78,7 @@ def _volume_transforms(
     keys = _keys(mode)
     _check_common(3, pixdim, roi_size, num_samples)
     chain: list[Callable] = [
-        LoadImaged(keys, reader=reader, image_only=True),
+        LoadImageLabeld(keys, reader=reader),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=None),  # labels from the meta "space" (RAS or LPS)
     ]
@@ -128,8 +131,9 @@ def ct_transforms(
         num_samples: patches drawn per volume (train only).
         a_min: lower bound of the HU window (maps to 0). Defaults to -175 (soft-tissue window).
         a_max: upper bound of the HU window (maps to 1). Defaults to 250.
-        reader: reader for ``LoadImaged``; None lets MONAI choose by file type (nibabel for NIfTI,
-            :class:`~attnunet.transforms.readers.SimpleITKReader` for DICOM folders, NRRD and MHA).
+        reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
+            file type (nibabel for NIfTI, :class:`~attnunet.transforms.readers.SimpleITKReader` for DICOM
+            folders, NRRD and MHA). A DICOM SEG label is read onto the image's series either way.
 
     Example:
         >>> chain = ct_transforms("train", pixdim=(1.5, 1.5, 3.0), roi_size=(48, 48, 32), num_samples=2)
@@ -164,7 +168,8 @@ def mr_transforms(
         pixdim: voxel spacing (mm, x y z) to resample to; None keeps each scan's own.
         roi_size: training patch size (train only).
         num_samples: patches drawn per volume (train only).
-        reader: reader for ``LoadImaged``; None lets MONAI choose by file type.
+        reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
+            file type. A DICOM SEG label is read onto the image's series either way.
 
     Example:
         >>> chain = mr_transforms("infer", pixdim=(1.0, 1.0, 1.0))
@@ -209,9 +214,9 @@ def image2d_transforms(
         raise ValueError(f"the image2d preset does not resample; pass pixdim=None, got {pixdim}")
     keys = _keys(mode)
     _check_common(2, pixdim, roi_size, num_samples)
-    chain: list[Callable] = [LoadImaged("image", reader=PILReader(), image_only=True)]
+    chain: list[Callable] = [LoadImageLabeld("image", reader=PILReader())]
     if "label" in keys:
-        chain.append(LoadImaged("label", reader=PILReader(converter=grayscale), image_only=True))
+        chain.append(LoadImageLabeld("label", reader=PILReader(converter=grayscale)))
     chain += [EnsureChannelFirstd(keys), ScaleIntensityd("image", minv=0.0, maxv=1.0, channel_wise=True)]
     if "label" in keys:
         chain.append(AsDiscreted("label", threshold=0.5))
@@ -248,7 +253,7 @@ def build_transforms(preset: str, mode: str, **kwargs) -> Compose:
     Example:
         >>> chain = build_transforms("ct", "infer", pixdim=(1.5, 1.5, 3.0), a_min=-200, a_max=300)
         >>> [type(t).__name__ for t in chain.transforms][:3]
-        ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd']
+        ['LoadImageLabeld', 'EnsureChannelFirstd', 'Orientationd']
     """
     factory = look_up_option(preset, PRESETS)
     mode = look_up_option(mode, MODES)

@@ -1,6 +1,6 @@
 """Find the cases of a dataset, split them reproducibly and wrap them in MONAI's (cached) datasets.
 
-:func:`discover_dataset` recognises four layouts:
+:func:`discover_dataset` recognises these layouts:
 
 - a Medical Segmentation Decathlon folder: ``dataset.json`` (``labels``, ``modality``, ``training``),
   ``imagesTr/``, ``labelsTr/``;
@@ -8,6 +8,10 @@
   ``imagesTr``/``images``/``input``/... and ``labelsTr``/``labels``/``masks``/...), volumes matched by
   case name (nnU-Net's ``case_0000.nii.gz`` channel suffix is understood);
 - a CSV file with ``image`` and ``label`` columns (paths relative to the CSV's folder or absolute);
+- DICOM: the image folder holds one DICOM series folder per case (``images/case1/``) and the label
+  folder a DICOM SEG (``labels/case1.dcm``) or a label volume per case, named after the series folder;
+  a CSV may also pair series folders with DICOM SEG files. A SEG label is read onto its image's series
+  (:class:`~attnunet.transforms.loading.LoadImageLabeld`), so its image must be that series' folder;
 - the same two-folder layout with 2D PNG/TIFF/JPEG/BMP/GIF images and masks, the reference document's
   ``{'input', 'label'}`` dataset, loaded under the keys ``image``/``label`` (a mask may add ``_mask``,
   ``_seg``, ``_label`` or ``_gt`` to the image's name, or share only its leading token: DRIVE's
@@ -15,8 +19,9 @@
   different label folder holds field-of-view masks (DRIVE's ``mask/21_training_mask.gif``), given as
   ``item["fov"]``.
 
-Class names come from ``dataset.json``; otherwise volumes get ``class_<k>`` for each value found in the
-labels and 2D masks are binary.
+Class names come from ``dataset.json``; otherwise a DICOM SEG label's values are its segment numbers and
+its classes are named after its segments (the same number must have the same name in every SEG),
+other volumes get ``class_<k>`` for each value found in the labels, and 2D masks are binary.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import LoadImage
 from monai.utils import look_up_option
 
 from attnunet.pipelines.data.files import IMAGE_SUFFIXES, case_name, match_by_leading_token
+from attnunet.pipelines.data.label_classes import classes_from_labels
 from attnunet.pipelines.data.validation import DataValidationError
+from attnunet.transforms.dicom_series import subfolders
 from attnunet.transforms.headers import IMAGE2D_SUFFIXES, read_header
 
 __all__ = [
@@ -69,7 +75,7 @@ class DatasetIndex:
         labels: class index (as str) -> class name, background at ``"0"``.
         modality: ``"CT"``, ``"MR"``, ... as declared (MSD), ``"image2d"`` for 2D images, ``""`` if unknown.
         root: the dataset folder (the CSV's folder for a CSV).
-        layout: ``"msd"``, ``"pairs"``, ``"csv"`` or ``"image2d"``.
+        layout: ``"msd"``, ``"pairs"`` (DICOM series folders included), ``"csv"`` or ``"image2d"``.
         test_items: unlabelled test cases an MSD ``dataset.json`` lists (``{"image": str}``).
     """
 
@@ -100,7 +106,7 @@ def discover_dataset(path: str | os.PathLike) -> DatasetIndex:
 
     Example:
         >>> index = discover_dataset("Task09_Spleen")  # doctest: +SKIP
-        >>> index.labels, len(index.items)
+        >>> index.labels, len(index.items)  # doctest: +SKIP
         ({'0': 'background', '1': 'spleen'}, 41)
     """
     path = Path(path).expanduser()
@@ -134,9 +140,12 @@ def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     volumes, pictures = _files(image_dir, IMAGE_SUFFIXES), _files(image_dir, IMAGE2D_SUFFIXES)
+    if not volumes and not pictures and subfolders(image_dir):
+        return _from_series(root, image_dir, label_dir)
     if not volumes and not pictures:
         raise DataValidationError(
-            f"image folder {image_dir} is empty (no {', '.join(IMAGE_SUFFIXES + IMAGE2D_SUFFIXES)} files)"
+            f"image folder {image_dir} is empty (no {', '.join(IMAGE_SUFFIXES + IMAGE2D_SUFFIXES)} files, "
+            "no DICOM series folders)"
         )
     is_2d = not volumes
     images = pictures if is_2d else volumes
@@ -176,17 +185,21 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
         items.append(item)
     if is_2d:
         return DatasetIndex(items, dict(BINARY_LABELS), "image2d", root, layout="image2d")
-    return DatasetIndex(items, _labels_from_values(items), "", root, layout="pairs")
+    return DatasetIndex(items, classes_from_labels(items), "", root, layout="pairs")
 
 
-def _labels_from_values(items: list[dict[str, str]]) -> dict[str, str]:
-    """Class names ``class_<k>`` for every integer value found in the label volumes (background at 0)."""
-    load = LoadImage(image_only=True)
-    values: set[int] = {0}
-    for item in items:
-        if item.get("label"):
-            values.update(int(v) for v in np.unique(np.asarray(load(item["label"]))))
-    return {str(v): ("background" if v == 0 else f"class_{v}") for v in sorted(values)}
+def _from_series(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
+    """One DICOM series folder per case in ``image_dir``, its label (a SEG or a volume) named after it."""
+    labels_by_name = {case_name(label): label for label in _files(label_dir, (*IMAGE_SUFFIXES, ".dcm"))}
+    items = []
+    for folder in subfolders(image_dir):
+        if folder.name not in labels_by_name:
+            raise DataValidationError(
+                f"series {folder} has no label in {label_dir} (looked for {folder.name}.dcm, a DICOM SEG, or "
+                f"{folder.name} with an image extension); add it or move the series out of {image_dir}"
+            )
+        items.append({"image": str(folder), "label": str(labels_by_name[folder.name])})
+    return DatasetIndex(items, classes_from_labels(items), "", root, layout="pairs")
 
 
 def _from_msd(root: Path) -> DatasetIndex:
@@ -242,7 +255,7 @@ def _from_csv(path: Path) -> DatasetIndex:
     is_2d = all(item["image"].lower().endswith(IMAGE2D_SUFFIXES) for item in items)
     if is_2d:
         return DatasetIndex(items, dict(BINARY_LABELS), "image2d", path.parent, layout="csv")
-    return DatasetIndex(items, _labels_from_values(items), "", path.parent, layout="csv")
+    return DatasetIndex(items, classes_from_labels(items), "", path.parent, layout="csv")
 
 
 def split_items(
@@ -336,7 +349,7 @@ def make_dataset(
         ValueError: unknown ``cache``, or ``"disk"`` without ``cache_dir``.
 
     Example:
-        >>> chain = build_transforms("ct", "val")
+        >>> chain = build_transforms("ct", "val")  # doctest: +SKIP
         >>> dataset = make_dataset(index.items, chain, cache="memory")  # doctest: +SKIP
     """
     cache = look_up_option(cache, CACHE_MODES)

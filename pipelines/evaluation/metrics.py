@@ -13,6 +13,11 @@ voxel spacing, and writes:
   mean over classes with the number of classes it averaged (``classes``), the missing and mismatched
   cases by name.
 
+A label may be a DICOM SEG (``labelsTs/<case>.dcm`` for the prediction of series ``<case>/``): it is
+read onto the grid of the series it was made from, found beside it
+(:func:`attnunet.transforms.dicom_seg_read.find_source_series`: ``imagesTs/<case>/`` beside ``labelsTs/``,
+or a folder beside the SEG), which is the grid ``attnunet infer`` writes that series' prediction on.
+
 Missing or mismatched predictions are never skipped silently: they get a row, are listed in the
 summary, logged as warnings, and make the command exit with status 1.
 """
@@ -55,16 +60,21 @@ __all__ = ["METRICS", "evaluate"]
 logger = logging.getLogger(__name__)
 
 CASES_FILE, SUMMARY_CSV, SUMMARY_JSON = "metrics.csv", "summary.csv", "summary.json"
+# Predictions are label-map files; labels may also be DICOM SEG files (".dcm").
+PREDICTION_SUFFIXES = IMAGE_SUFFIXES + IMAGE2D_SUFFIXES
+LABEL_SUFFIXES = (*PREDICTION_SUFFIXES, ".dcm")
 # Affines that differ by less than this (mm) are the same geometry (float32 NIfTI headers round).
 _AFFINE_TOLERANCE = 1e-3
 
 
-def _image_files(source: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> dict[str, Path]:
-    """Case name -> file, from a folder or a list of files; duplicate case names are an error."""
+def _image_files(
+    source: str | os.PathLike | Sequence[str | os.PathLike], what: str, suffixes: Sequence[str]
+) -> dict[str, Path]:
+    """Case name -> file, from a folder (its files ending in ``suffixes``) or a list of files; duplicate
+    case names are an error."""
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).exists():
             raise FileNotFoundError(f"{what} {source} does not exist")
-        suffixes = IMAGE_SUFFIXES + IMAGE2D_SUFFIXES
         files = list_images(source, suffixes) if Path(source).is_dir() else [Path(source)]
     else:
         files = [Path(path) for path in source]
@@ -251,7 +261,8 @@ def evaluate(
 
     Args:
         predictions: a folder of predicted label maps, or a list of files.
-        labels: a folder of reference label maps, or a list of files; every label is one case.
+        labels: a folder of reference label maps, or a list of files; every label is one case. A DICOM
+            SEG label is read onto the series found beside it (see the module docstring).
         output_dir: where ``metrics.csv``, ``summary.csv`` and ``summary.json`` are written.
         class_names: index -> name, background at 0, like a checkpoint config's ``labels``
             (``{"0": "background", "1": "organ"}``) or a list in index order; default: ``class_K``
@@ -283,13 +294,11 @@ def evaluate(
     """
     targets = [Path(output_dir) / name for name in (CASES_FILE, SUMMARY_CSV, SUMMARY_JSON)]
     refuse_existing(targets, overwrite)
-    label_files = _image_files(labels, "labels")
-    prediction_files = _image_files(predictions, "predictions")
-    fov_files = _image_files(fov, "fov") if fov is not None else {}
+    label_files = _image_files(labels, "labels", LABEL_SUFFIXES)
+    prediction_files = _image_files(predictions, "predictions", PREDICTION_SUFFIXES)
+    fov_files = _image_files(fov, "fov", PREDICTION_SUFFIXES) if fov is not None else {}
     if not label_files:
-        raise FileNotFoundError(
-            f"no label images ({', '.join(IMAGE_SUFFIXES + IMAGE2D_SUFFIXES)}) in {labels}"
-        )
+        raise FileNotFoundError(f"no label images ({', '.join(LABEL_SUFFIXES)}) in {labels}")
     foreground = [name for index, name in _class_table(class_names, label_files).items() if index > 0]
     thresholds = _thresholds(tolerance_mm, len(foreground))
     score = _Scorer(foreground, thresholds)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnunet.pipelines.data.files import IMAGE_SUFFIXES, case_name, list_images
-from attnunet.transforms.readers import check_dicom_series, list_dicom_series
+from attnunet.transforms.dicom_series import check_dicom_series, list_dicom_series
 
 __all__ = ["InferenceCase", "discover_inputs"]
 
