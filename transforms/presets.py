@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from monai.data import ImageReader, PILReader
 from monai.transforms import (
@@ -44,7 +45,15 @@ from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReade
 from attnunet.transforms.headers import grayscale
 from attnunet.transforms.loading import LoadImageLabeld
 
-__all__ = ["PRESETS", "MODES", "build_transforms", "ct_transforms", "mr_transforms", "image2d_transforms"]
+__all__ = [
+    "PRESETS",
+    "MODES",
+    "Preset",
+    "build_transforms",
+    "ct_transforms",
+    "mr_transforms",
+    "image2d_transforms",
+]
 
 MODES = ("train", "val", "infer")
 DEFAULT_ROI_3D = (96, 96, 96)
@@ -233,10 +242,33 @@ def image2d_transforms(
     return Compose(chain)
 
 
-PRESETS: dict[str, Callable[..., Compose]] = {
-    "ct": ct_transforms,
-    "mr": mr_transforms,
-    "image2d": image2d_transforms,
+@dataclass(frozen=True)
+class Preset:
+    """A preset: its chain builder and what it says about the network's input, in MONAI's
+    ``network_data_format`` vocabulary (a bundle's ``metadata.json`` is written from it).
+
+    Attributes:
+        build: ``build(mode, **options) -> Compose``.
+        spatial_dims: 2 or 3.
+        in_channels: the usual image channels (3 for RGB pictures, else 1).
+        modality: ``"CT"``, ``"MR"`` or ``"regular"``.
+        format: ``"hounsfield"``, ``"magnitude"`` or ``"RGB"``.
+        value_range: the range the chain scales intensities to; empty for a z-score.
+    """
+
+    build: Callable[..., Compose]
+    spatial_dims: int
+    in_channels: int
+    modality: str
+    format: str
+    value_range: tuple[float, ...]
+
+
+# The one registry of presets: name -> chain and metadata.
+PRESETS: dict[str, Preset] = {
+    "ct": Preset(ct_transforms, 3, 1, "CT", "hounsfield", (0.0, 1.0)),
+    "mr": Preset(mr_transforms, 3, 1, "MR", "magnitude", ()),
+    "image2d": Preset(image2d_transforms, 2, 3, "regular", "RGB", (0.0, 1.0)),
 }
 
 
@@ -255,7 +287,7 @@ def build_transforms(preset: str, mode: str, **kwargs) -> Compose:
         >>> [type(t).__name__ for t in chain.transforms][:3]
         ['LoadImageLabeld', 'EnsureChannelFirstd', 'Orientationd']
     """
-    factory = look_up_option(preset, PRESETS)
+    factory = look_up_option(preset, PRESETS).build
     mode = look_up_option(mode, MODES)
     accepted = [name for name in inspect.signature(factory).parameters if name != "mode"]
     unknown = sorted(set(kwargs) - set(accepted))

@@ -28,12 +28,6 @@ __all__ = ["init_bundle"]
 
 logger = logging.getLogger(__name__)
 
-# What metadata.json says about the input of each preset (MONAI's network_data_format vocabulary).
-_PRESET_FORMAT = {
-    "ct": {"format": "hounsfield", "modality": "CT", "value_range": [0, 1]},
-    "mr": {"format": "magnitude", "modality": "MR", "value_range": []},
-    "image2d": {"format": "RGB", "modality": "regular", "value_range": [0, 1]},
-}
 # Files and folders a run writes into a bundle; never copied from the template into a new bundle.
 _RUN_OUTPUTS = ("data", "eval", "*.pt", "*.ts", "*.db", "mlruns", "mlartifacts", "__pycache__", "run")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -71,14 +65,15 @@ def _settings(
     classes = [str(c) for c in classes]
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be at least two distinct names, background first, got {classes}")
-    spatial_dims = (2 if preset == "image2d" else 3) if spatial_dims is None else spatial_dims
+    spatial_dims = PRESETS[preset].spatial_dims if spatial_dims is None else spatial_dims
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    if (preset == "image2d") != (spatial_dims == 2):
+    if spatial_dims != PRESETS[preset].spatial_dims:
         raise ValueError(
-            f"preset {preset!r} does not work with spatial_dims={spatial_dims}: image2d is 2D, ct/mr 3D"
+            f"preset {preset!r} does not work with spatial_dims={spatial_dims}: it is "
+            f"{PRESETS[preset].spatial_dims}D ({', '.join(f'{n} {p.spatial_dims}D' for n, p in PRESETS.items())})"
         )
-    in_channels = (3 if preset == "image2d" else 1) if in_channels is None else in_channels
+    in_channels = PRESETS[preset].in_channels if in_channels is None else in_channels
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
     return preset, classes, spatial_dims, in_channels
@@ -187,7 +182,10 @@ def _describe(
     )
     data_format = metadata["network_data_format"]
     image = data_format["inputs"]["image"]
-    image.update(_PRESET_FORMAT[preset])
+    described = PRESETS[preset]
+    image.update(
+        format=described.format, modality=described.modality, value_range=list(described.value_range)
+    )
     image.update(
         num_channels=in_channels,
         spatial_shape=list(roi_size),
@@ -196,7 +194,7 @@ def _describe(
     pred = data_format["outputs"]["pred"]
     pred.update(num_channels=len(classes), spatial_shape=list(roi_size), channel_def=labels)
     if in_channels == 1 and preset != "ct":
-        metadata["image_classes"] = f"single channel {_PRESET_FORMAT[preset]['modality']} image"
+        metadata["image_classes"] = f"single channel {described.modality} image"
     elif in_channels > 1:
         metadata["image_classes"] = f"{in_channels} channel image"
 
