@@ -69,10 +69,8 @@ def _settings(
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     if spatial_dims != PRESETS[preset].spatial_dims:
-        raise ValueError(
-            f"preset {preset!r} does not work with spatial_dims={spatial_dims}: it is "
-            f"{PRESETS[preset].spatial_dims}D ({', '.join(f'{n} {p.spatial_dims}D' for n, p in PRESETS.items())})"
-        )
+        dims = ", ".join(f"{name} {p.spatial_dims}D" for name, p in PRESETS.items())
+        raise ValueError(f"preset {preset!r} does not work with spatial_dims={spatial_dims} ({dims})")
     in_channels = PRESETS[preset].in_channels if in_channels is None else in_channels
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
