@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attnunet.cli import main
-from attnunet.pipelines.demo import run as demo_run
+from attnunet.pipelines.commands import demo as demo_command
 from attnunet.pipelines.demo.run import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
 
 
@@ -72,7 +72,7 @@ def test_demo_prints_its_settings_before_it_trains(monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise FileExistsError("stopped before training")  # a user error: exit status 2
 
-    monkeypatch.setattr(demo_run, "run_demo", refuse)
+    monkeypatch.setattr(demo_command, "run_demo", refuse)
     assert main(["demo", "--epochs", "3", "--device", "cpu"]) == 2
     settings = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()[1:])
     assert settings["network"] == "attention_unet_3d_small"
