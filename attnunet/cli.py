@@ -17,9 +17,11 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from attnunet.atomic import DiskFullError
+
 __all__ = ["COMMANDS", "USER_ERRORS", "key_values", "main"]
 
-# Errors that mean "the input or the arguments are wrong", as opposed to a bug.
+# Errors that mean "the input, the arguments or the machine's room are wrong", as opposed to a bug.
 USER_ERRORS = (
     ValueError,
     FileNotFoundError,
@@ -27,6 +29,7 @@ USER_ERRORS = (
     NotADirectoryError,
     PermissionError,
     ConnectionError,
+    DiskFullError,  # a full disk or quota, or the file-size limit: attnunet.atomic names the file
 )
 
 # name -> (module that implements it, one-line help)

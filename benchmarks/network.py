@@ -14,8 +14,12 @@ channels. Two kinds of subprocess per case:
   size (``ru_maxrss``, the whole process: Python, torch, MONAI, weights, activations) or the peak CUDA
   memory is that model's alone;
 - time: one process holding all models, which runs them in turn for ``--iterations`` rounds after a
-  warm-up, and keeps each model's fastest step. Interleaving makes the ratios fair on a shared
+  warm-up, and reports each model's median step. Interleaving makes the ratios fair on a shared
   machine, where a slow spell would otherwise hit one model only.
+
+``attnunet nonlocal, module path`` is our network with its CPU inference path switched off
+(``has_inference_path = False``): the forward as it ran before that path existed, module by module,
+with the same weights, so one run shows before and after.
 
 Ratios are to MONAI's ``AttentionUnet`` in the same case.
 
@@ -29,10 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
-from harness import MODELS, peak_rss_gb, print_rows, ratio, run_worker, write_json
+from harness import MODELS as PEERS
+from harness import peak_rss_gb, print_rows, ratio, run_worker, write_json
+
+MODULE_PATH = "attnunet nonlocal, module path"
+MODELS = {**PEERS, MODULE_PATH: PEERS["attnunet nonlocal"]}
 
 CASES = {
     "cpu2d": {"spatial_dims": 2, "size": 512, "device": "cpu", "backward": False},
@@ -57,6 +66,8 @@ def _setup(case_name: str, labels: list[str], threads: int):
             name, spatial_dims=case["spatial_dims"], in_channels=1, out_channels=3, **kwargs
         ).to(device)
         models[label].train(case["backward"])
+        if label == MODULE_PATH:
+            models[label].has_inference_path = False
     x = torch.randn(1, 1, *([case["size"]] * case["spatial_dims"]), device=device)
 
     def step(model: torch.nn.Module) -> float:
@@ -95,15 +106,15 @@ def memory_worker(case_name: str, label: str, threads: int) -> dict:
 
 
 def time_worker(case_name: str, labels: list[str], threads: int, iterations: int) -> dict:
-    """Fastest step of each model, the models run in turn in one process."""
+    """Median step of each model, the models run in turn in one process."""
     _, models, step = _setup(case_name, labels, threads)
     for model in models.values():
         step(model)  # warm-up
-    best = {label: float("inf") for label in labels}
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
     for _ in range(iterations):
         for label, model in models.items():
-            best[label] = min(best[label], step(model))
-    return best
+            seconds[label].append(step(model))
+    return {label: statistics.median(times) for label, times in seconds.items()}
 
 
 def print_table(rows: list[dict]) -> None:

@@ -3,17 +3,39 @@
 ``demo_dataset``: a small demo dataset in MSD layout (4 training + 2 test cases of 32 x 32 x 16 voxels
 at 3 x 3 x 6 mm, the same field of view as the full demo), written once per test session.
 ``write_dicom_series``: writes a SimpleITK volume as a multi-slice DICOM series (shuffled file names).
+``tiny_config``: ``tiny_config(data, output, **overrides)``, a :class:`TrainConfig` of a tiny CPU run.
+``tiny_checkpoint``: a checkpoint of a tiny AttentionUNet (random weights, depth 2: a multiple of 4),
+CT preset at each image's own spacing, 16^3 windows, 3 classes.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import SimpleITK as sitk
 
 from attnunet.pipelines.demo.data import write_demo_dataset
+
+if TYPE_CHECKING:  # imported by the fixture itself: the engines pull in MLflow, which most tests never use
+    from attnunet.pipelines.engines import TrainConfig
+
+# A run of seconds on a CPU: 32 x 32 x 16 patches, 4 features, 1 epoch, no MLflow unless a test asks.
+TINY = {
+    "roi_size": (32, 32, 16),
+    "network_kwargs": {"init_features": 4, "depth": 3},
+    "epochs": 1,
+    "batch_size": 2,
+    "num_samples": 1,
+    "val_fraction": 0.5,
+    "sw_batch_size": 2,
+    "track": False,
+    "progress": False,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +81,40 @@ def _write_dicom_series(
 def write_dicom_series():
     """``write(volume, folder, uid, description, shuffle_seed=0)``: a volume as a DICOM series."""
     return _write_dicom_series
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., TrainConfig]:
+    """``tiny_config(data, output, **overrides)``: the :data:`TINY` training options with ``overrides``."""
+
+    from attnunet.pipelines.engines import TrainConfig
+
+    def make(data: Path, output: Path, **overrides: object) -> TrainConfig:
+        return TrainConfig(data=str(data), output=str(output), **{**TINY, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny AttentionUNet checkpoint (random weights) that segments CT at its own spacing."""
+    import torch
+
+    from attnunet.checkpoints import save_checkpoint
+    from attnunet.spec import ModelSpec
+
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2}
+    config = {
+        "preset": "ct",
+        "pixdim": None,
+        "roi_size": [16, 16, 16],
+        "labels": {"0": "background", "1": "organ", "2": "lesion"},
+        **{k: kwargs[k] for k in ("spatial_dims", "in_channels", "out_channels")},
+        "network_spec": {"name": "attention_unet", "kwargs": kwargs},
+    }
+    spec = ModelSpec.from_config(config)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-model") / "model.pt"
+    return save_checkpoint(
+        path, {"spec": spec.to_dict(), "model": spec.build().state_dict(), "config": config}
+    )

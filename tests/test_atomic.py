@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
+import shutil
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from attnunet.atomic import atomic_output, refuse_existing
+from attnunet.atomic import DiskFullError, atomic_output, refuse_existing
+from attnunet.cli import USER_ERRORS
 
 
 def test_writes_the_file_and_leaves_no_temporary(tmp_path):
@@ -60,3 +67,80 @@ def test_refuse_existing_names_every_existing_output(tmp_path):
         refuse_existing(planned[:2], overwrite=False)
     refuse_existing(planned, overwrite=True)
     refuse_existing([tmp_path / "b.nii.gz"], overwrite=False)
+
+
+# Writes the same target twice through atomic_output, as plain bytes (Python's OSError, with an errno) and
+# with torch.save (a C++ RuntimeError without one), and prints each DiskFullError and the folder after.
+_FILL = """
+import sys
+from pathlib import Path
+
+import torch
+
+from attnunet.atomic import DiskFullError, atomic_output
+
+target = Path(sys.argv[1]) / "last.pt"
+target.write_bytes(b"earlier run")
+writers = [lambda tmp: tmp.write_bytes(bytes(300_000)), lambda tmp: torch.save(torch.ones(75_000), tmp)]
+for write in writers:
+    try:
+        with atomic_output(target) as tmp:
+            write(tmp)
+    except DiskFullError as error:
+        print(error)
+print(sorted(p.name for p in target.parent.iterdir()), target.read_bytes())
+"""
+
+
+def _fill(folder: Path, prefix: list[str], **kwargs) -> list[str]:
+    """Run the script above on ``folder`` behind ``prefix`` (a command); its printed lines."""
+    script = folder.parent / "fill.py"
+    script.write_text(_FILL)
+    done = subprocess.run(
+        [*prefix, sys.executable, str(script), str(folder)], capture_output=True, text=True, **kwargs
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_file_size_limit_is_a_disk_full_error_naming_the_file(tmp_path):
+    # RLIMIT_FSIZE (ulimit -f) makes real writes fail with EFBIG without filling any disk.
+    folder, hard = tmp_path / "out", resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    folder.mkdir()
+    lines = _fill(folder, [], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, hard)))
+    target = folder / "last.pt"
+    expected = (
+        f"cannot write {target}: the file would pass this process's file-size limit (ulimit -f: 16,384 "
+        f"bytes); it needs more than 16,384 bytes; raise the limit (ulimit -f) or choose another output "
+        f"folder, then run again (the earlier {target} is left as it was)"
+    )
+    assert lines == [expected, expected, "['last.pt'] b'earlier run'"]
+
+
+def test_full_file_system_is_a_disk_full_error_naming_the_file(tmp_path):
+    # A real ENOSPC: a 64 KiB tmpfs mounted over the folder in a user and mount namespace of its own.
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a small tmpfs without privileges")
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    mount = 'mount -t tmpfs -o size=64k tmpfs "$3" && exec "$@"'
+    lines = _fill(folder, ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, "sh"])
+    target = folder / "last.pt"
+    pattern = (
+        rf"cannot write {re.escape(str(target))}: no space left on its device \(0 bytes free there\); it "
+        r"needs more than [\d,]+ bytes; free some space or choose another output folder, then run again "
+        rf"\(the earlier {re.escape(str(target))} is left as it was\)"
+    )
+    assert len(lines) == 3 and all(re.fullmatch(pattern, line) for line in lines[:2]), lines
+    assert lines[2] == "['last.pt'] b'earlier run'"
+
+
+def test_cli_reports_a_disk_full_error_as_bad_circumstances():
+    assert issubclass(DiskFullError, OSError) and DiskFullError in USER_ERRORS

@@ -1,13 +1,15 @@
-"""The non-local block against a naive full-matrix reference, its CPU kernel, the gate, a decoder stage."""
+"""The non-local block against a naive full-matrix reference, its CPU kernel, the gate, a decoder stage,
+and the CPU inference path of each against the modules' own forward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import Convolution
 from torch.profiler import profile
 
-from attnunet.blocks import AttentionGate, DecoderStage, NonLocalBlock
+from attnunet.blocks import AttentionGate, DecoderStage, NonLocalBlock, channels_last, forward_inference
 
 
 def naive_nonlocal(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -113,3 +115,92 @@ def test_decoder_stage_pops_its_skip(attention, norm):
     assert len(skips) == 1 and skips[0].shape[1] == 2
     assert isinstance(stage.attention, NonLocalBlock) == (attention == "nonlocal")
     assert isinstance(stage.gate, AttentionGate) == (attention == "gate")
+
+
+def randomize_batch_norms(module: torch.nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters away from their defaults, so folding them matters."""
+    generator = torch.Generator().manual_seed(seed)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
+            shape = layer.running_mean.shape
+            layer.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
+            layer.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.5)
+            if layer.affine:
+                layer.weight.data.copy_(torch.rand(shape, generator=generator) + 0.5)
+                layer.bias.data.copy_(torch.randn(shape, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spatial_dims, in_channels, out_channels, shape", REFERENCE_CASES)
+def test_nonlocal_inference_path_matches_naive_reference(
+    spatial_dims, in_channels, out_channels, shape, dtype
+):
+    """The inference path (folded norm, token products, channels-last) against the formula in float64."""
+    torch.manual_seed(0)
+    block = NonLocalBlock(spatial_dims, in_channels, out_channels).double().eval()
+    for parameter in block.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    randomize_batch_norms(block)
+    x = torch.randn(shape, dtype=torch.float64)
+    with torch.no_grad():
+        expected = naive_nonlocal(block, x)
+        block = block.to(dtype)
+        for layout in (torch.contiguous_format, channels_last(spatial_dims)):
+            result = block.forward_inference(x.to(dtype).contiguous(memory_format=layout))
+            assert result.shape == expected.shape
+            # float32 rounds at about 1e-7 of the largest value (up to 31 here, with a peaked softmax)
+            atol = 1e-10 if dtype == torch.float64 else 1e-5 * expected.abs().max().item()
+            torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=atol)
+
+
+def test_nonlocal_inference_path_takes_the_flash_kernel():
+    block = NonLocalBlock(3, 8, 32).eval()
+    x = torch.randn(1, 8, 6, 5, 4).contiguous(memory_format=torch.channels_last_3d)
+    with profile() as prof, torch.no_grad():
+        block.forward_inference(x)
+    names = {event.name for event in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert not any("math" in name for name in names)
+
+
+CONVOLUTIONS = [
+    {},  # conv -> batch norm -> dropout -> ReLU, folded into the weight
+    {"kernel_size": 1},  # a 1x1 convolution: one product on the channels-last tokens
+    {"act": ("leakyrelu", {"negative_slope": 0.1}), "dropout": 0.3},
+    {"norm": ("batch", {"affine": False}), "bias": False},
+    {"norm": None, "act": "sigmoid"},  # no norm
+    {"conv_only": True},
+    {"adn_ordering": "AN"},  # norm after the activation: run as it is
+    {"norm": "instance"},  # not foldable: run as it is
+    {"norm": ("batch", {"track_running_stats": False})},  # batch statistics even in eval: run as it is
+]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("options", CONVOLUTIONS)
+def test_convolution_inference_matches_the_block(spatial_dims, options):
+    torch.manual_seed(0)
+    options = {"act": "relu", "norm": "batch", **options}
+    for channels, size in ((8, 6), (64, 2)):  # folded into the weight; applied to the 2^d output in place
+        block = Convolution(spatial_dims, channels, channels, **options).eval()
+        randomize_batch_norms(block)
+        x = torch.randn(2, channels, *[size] * spatial_dims)
+        with torch.no_grad():
+            expected = block(x)
+            for layout in (torch.contiguous_format, channels_last(spatial_dims)):
+                result = forward_inference(block, x.contiguous(memory_format=layout))
+                torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["nonlocal", "gate", "none"])
+@pytest.mark.parametrize("upsample", ["nontrainable", "deconv"])
+def test_decoder_stage_inference_path_matches_forward(attention, upsample):
+    torch.manual_seed(0)
+    stage = DecoderStage(3, 16, 8, attention=attention, upsample=upsample).eval()
+    randomize_batch_norms(stage)
+    x = torch.randn(2, 16, 3, 4, 2)
+    skip = torch.randn(2, 8, 6, 8, 4)
+    with torch.no_grad():
+        expected = stage(x, [skip])
+        result = stage.forward_inference(x.contiguous(memory_format=torch.channels_last_3d), [skip])
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,12 @@
-"""AttentionUNet: shapes over 2D/3D, odd sizes, attention modes and options; argument and input checks."""
+"""AttentionUNet: shapes over 2D/3D, odd sizes, attention modes and options; argument and input checks;
+the CPU inference path against the modules, where it is taken, TorchScript, the checkpoint layout; the
+CPU speed benchmark's quick run."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +178,120 @@ def test_ill_inputs(shape, message):
     net = AttentionUNet(2, 3, 1, **SMALL)
     with pytest.raises(ValueError, match=message):
         net(torch.randn(shape))
+
+
+def randomize_batch_norms(net: torch.nn.Module) -> None:
+    """Running statistics and affine parameters away from their defaults, so folding them matters."""
+    generator = torch.Generator().manual_seed(0)
+    for layer in net.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            shape = layer.running_mean.shape
+            layer.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
+            layer.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.5)
+            layer.weight.data.copy_(torch.rand(shape, generator=generator) + 0.5)
+            layer.bias.data.copy_(torch.randn(shape, generator=generator) * 0.1)
+
+
+INFERENCE_OPTIONS = [
+    {},
+    {"attention": "gate"},
+    {"attention": "none", "dropout": 0.2},
+    {"attention_levels": [2], "upsample": "deconv", "act": ("leakyrelu", {"negative_slope": 0.1})},
+]
+
+
+@pytest.mark.parametrize("options", INFERENCE_OPTIONS)
+@pytest.mark.parametrize(
+    "spatial_dims, shape", [(2, (2, 2, 37, 50)), (3, (1, 1, 20, 17, 9)), (3, (2, 1, 16, 16, 16))]
+)
+def test_inference_path_matches_the_modules(spatial_dims, shape, options):
+    """Eval mode without autograd on the CPU (folded norm, channels-last) gives the modules' output."""
+    torch.manual_seed(0)
+    net = AttentionUNet(spatial_dims, shape[1], 3, init_features=8, depth=3, **options).eval()
+    randomize_batch_norms(net)
+    x = torch.randn(shape)
+    expected = net(x)  # autograd on: the modules as they are
+    with torch.inference_mode():
+        result = net(x)
+    assert result.is_contiguous() and result.shape == expected.shape
+    torch.testing.assert_close(result, expected.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), result, rtol=0, atol=0)
+
+
+def test_inference_path_is_taken_only_where_nothing_can_tell(monkeypatch):
+    taken = []
+    original = AttentionUNet._forward_inference
+    monkeypatch.setattr(
+        AttentionUNet, "_forward_inference", lambda self, x: taken.append(1) or original(self, x)
+    )
+    net = AttentionUNet(3, 1, 2, **SMALL).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+
+    def takes(net: torch.nn.Module, run=None) -> bool:
+        taken.clear()
+        with torch.no_grad():
+            (run or net)(x)
+        return bool(taken)
+
+    assert takes(net)
+    with torch.enable_grad():  # saliency maps and the like: autograd must see the modules
+        taken.clear()
+        net(x)
+        assert not taken
+    assert not takes(net.train())
+    net.eval()
+    handle = net.decoder[0].attention.register_forward_hook(lambda *args: None)  # torchinfo, probes
+    assert not takes(net)
+    handle.remove()
+    assert takes(net)
+    assert not takes(net, run=lambda x: torch.jit.trace(net, x, check_trace=False))  # the check runs eagerly
+    assert not takes(AttentionUNet(3, 1, 2, **SMALL, norm="instance").eval())  # not foldable
+
+
+def test_scripted_network_matches_eager():
+    """TorchScript compiles the modules (the inference path is eager-only) and gives the same output."""
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 2, **SMALL).eval()
+    randomize_batch_norms(net)
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 1, 9, 12, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_layout_is_unchanged():
+    """Parameter names and shapes are those of saved checkpoints (MONAI's TwoConv/Down/Convolution)."""
+    state = AttentionUNet(3, 1, 2, **SMALL).state_dict()
+    assert len(state) == 102
+    expected = {
+        "stem.conv_0.conv.weight": (4, 1, 3, 3, 3),
+        "stem.conv_0.adn.N.running_var": (4,),
+        "encoder.1.convs.conv_1.conv.weight": (16, 16, 3, 3, 3),
+        "decoder.0.attention.project.conv.weight": (8, 16, 1, 1, 1),
+        "decoder.0.attention.theta.weight": (1, 8, 1, 1, 1),
+        "decoder.0.attention.g.weight": (4, 8, 1, 1, 1),
+        "decoder.0.attention.W.weight": (8, 4, 1, 1, 1),
+        "decoder.0.conv.conv.weight": (8, 16, 3, 3, 3),
+        "head.conv.weight": (2, 4, 1, 1, 1),
+    }
+    assert {key: tuple(state[key].shape) for key in expected} == expected
+
+
+def test_cpu_speed_benchmark_quick_run_prints_every_table():
+    """``benchmarks/cpu_speed.py --quick``: every part, every model, ratios to MONAI's AttentionUnet."""
+    script = Path(__file__).parents[1] / "benchmarks" / "cpu_speed.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for title in ("### train", "### sliding", "### forward"):
+        assert title in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    models = ("attnunet nonlocal", "MONAI UNet", "MONAI AttentionUnet", "nnU-Net PlainConvUNet")
+    assert [row.split(" | ")[0][2:] for row in rows if not row.startswith("| model")] == list(models) * 3
+    assert not any("failed" in row for row in rows)
+    assert all(" | 1.00 |" in row for row in rows if row.startswith("| MONAI AttentionUnet"))

@@ -1,7 +1,9 @@
-"""Fault tolerance: a training process killed with SIGKILL mid-epoch resumes and loses at most that epoch."""
+"""Fault tolerance: a training process killed with SIGKILL mid-epoch resumes and loses at most that epoch;
+metrics.jsonl holds each epoch once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -72,12 +74,19 @@ def test_sigkill_mid_epoch_then_resume(demo_dataset, tmp_path, capsys, caplog, m
     last = load_checkpoint(output / "checkpoints" / "last.pt")  # intact: written atomically
     assert last["epoch"] == 1  # epoch 1 survived; only the interrupted epoch 2 is lost
 
+    # As if the process had died after writing epoch 2's record and before its checkpoint: the resume
+    # drops that record and writes epoch 2's again.
+    with (output / "metrics.jsonl").open("a") as stream:
+        stream.write(json.dumps({"epoch": 2, "train_loss": -1.0}) + "\n")
     with caplog.at_level(logging.INFO, logger="attnunet.pipelines.engines.training"):
         assert main(_command(demo_dataset, output, tracking_uri, "--resume")[3:]) == 0
     assert "after epoch 1" in caplog.text
     assert f"epoch 1/{EPOCHS} started" not in caplog.text and f"epoch 2/{EPOCHS} started" in caplog.text
     final = load_checkpoint(output / "checkpoints" / "last.pt")
     assert final["epoch"] == EPOCHS and final["mlflow_run_id"] == last["mlflow_run_id"]
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))  # each epoch once, across the kill
+    assert all(r["train_loss"] > 0 for r in records)
 
     # One MLflow run, continued: every epoch's metrics logged once, the schedule resumed where it was.
     client = MlflowClient(tracking_uri)

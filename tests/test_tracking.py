@@ -1,19 +1,29 @@
-"""MLflow tracking against a real ``mlflow server`` (sqlite backend, local artifact root) on 127.0.0.1."""
+"""MLflow tracking against a real ``mlflow server`` (sqlite backend, local artifact root) on 127.0.0.1, and
+real sqlite stores: what a run records, the registry's alias, a store that goes away mid-run, runs that
+start together on a new store, and a refused resume."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
-from mlflow_server import free_port, mlflow_server  # noqa: F401  (the session-scoped server fixture)
-from test_training import tiny_config
+from mlflow_server import MlflowServer, free_port, mlflow_server  # noqa: F401  (session-scoped server)
 
-from attnunet.checkpoints import model_from_checkpoint
+from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
+from attnunet.cli import main
 from attnunet.models import load_model
 from attnunet.pipelines.engines import train
 from attnunet.pipelines.tracking.mlflow_runs import (
@@ -23,6 +33,9 @@ from attnunet.pipelines.tracking.mlflow_runs import (
     flatten_params,
     resolve_tracking_uri,
 )
+from attnunet.pipelines.tracking.store import HTTP_LIMITS, bounded_requests
+
+TRACKER_LOGGER = "attnunet.pipelines.tracking.mlflow_runs"
 
 
 def test_flatten_params_nests_and_leaves_out_overlong_values():
@@ -78,7 +91,15 @@ def test_overlong_parameters_go_to_the_config_artifact(mlflow_server):  # noqa: 
     assert json.loads(Path(path).read_text())["notes"] == config["notes"]  # whole, not truncated
 
 
-def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_path, monkeypatch):  # noqa: F811
+def test_training_is_tracked_and_registered(
+    mlflow_server,  # noqa: F811
+    demo_dataset,
+    tmp_path,
+    monkeypatch,
+    tiny_config,
+    caplog,
+    capsys,
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = tiny_config(
         demo_dataset,
@@ -132,7 +153,220 @@ def test_training_is_tracked_and_registered(mlflow_server, demo_dataset, tmp_pat
             torch.testing.assert_close(registered(x), expected)
             torch.testing.assert_close(model(x), expected)
 
+    # attnunet train --force-alias: the alias moves to the new version whatever its Dice, and says so
+    with caplog.at_level(logging.INFO, logger=TRACKER_LOGGER):
+        args = [*_tiny_cli(demo_dataset, tmp_path / "forced"), "--tracking-uri", mlflow_server]
+        assert main([*args, "--experiment", "tracked", "--register", "tiny-attnunet", "--force-alias"]) == 0
+    assert "alias 'champion' of tiny-attnunet moved to version 2" in caplog.text
+    assert "model: models:/tiny-attnunet@champion" in capsys.readouterr().out
+    assert client.get_model_version_by_alias("tiny-attnunet", "champion").version == "2"
+
 
 def test_load_model_bad_registry_uri(mlflow_server):  # noqa: F811
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_model("models:/no-such-model@champion", tracking_uri=mlflow_server)
+
+
+def _tiny_cli(data: Path, output: Path, epochs: int = 1) -> list[str]:
+    """``attnunet train`` arguments of conftest's tiny run."""
+    return [
+        "train", "--data", str(data), "--output", str(output), "--plan", "none", "--preset", "ct",
+        "--roi-size", "32", "32", "16", "--epochs", str(epochs), "--batch-size", "2", "--num-samples", "1",
+        "--val-fraction", "0.5", "--sw-batch-size", "2", "--network-option", "init_features=4",
+        "--network-option", "depth=3", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+
+
+def test_bounded_requests_sets_the_limits_for_the_call_only(monkeypatch):
+    for name in HTTP_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the caller's own setting wins
+    with bounded_requests():
+        assert (MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_TIMEOUT.get()) == (2, 30)
+        assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+
+
+@pytest.mark.parametrize("outage", ["stop", "pause"])  # a crashed server; a hung one (port open, no answer)
+def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(tmp_path, caplog, outage):
+    with MlflowServer(tmp_path / "server") as server:
+        tracker = RunTracker(server.url, experiment="outage", kept_on_disk="the records are in run/")
+        tracker.log_metrics({"val_mean_dice": 0.5}, step=1)
+        getattr(server, outage)()
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            tracker.log_metrics({"val_mean_dice": 0.6}, step=2)
+            tracker.log_metrics({"val_mean_dice": 0.7}, step=3)
+            tracker.log_artifact(tmp_path / "server" / "server.log", artifact_path="logs")
+            model_uri = tracker.log_model(
+                torch.nn.Conv3d(1, 2, 1),
+                in_channels=1,
+                out_channels=2,
+                spatial_dims=3,
+                example_size=(4, 4, 4),
+            )
+            tracker.end("FINISHED")
+        waited = time.monotonic() - started  # MLflow's defaults: ~8.5 min refused, 7 x 120 s hung
+        assert waited < 60, waited
+    assert model_uri is None and tracker.offline
+    (warning,) = caplog.records  # one line, nothing from urllib3's retries
+    cause = {"stop": "[Errno 111] Connection refused", "pause": "Read timed out. (read timeout=10)"}[outage]
+    assert warning.getMessage() == (
+        f"MLflow tracking store {server.url} failed while logging the metrics of step 2 ({cause}); the run "
+        "goes on without MLflow and logs nothing more to it; the records are in run/"
+    )
+    assert mlflow.active_run() is None and not mlflow.is_tracking_uri_set()
+    # The store kept what it got before it went away (read from the server's own sqlite database): step 1,
+    # the run still RUNNING.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "val_mean_dice")] == [1]
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        lines.put(line)
+
+
+def test_training_goes_on_when_the_tracking_server_dies_after_epoch_1(demo_dataset, tmp_path):
+    output, stdout = tmp_path / "run", tmp_path / "stdout.txt"
+    with MlflowServer(tmp_path / "server") as server, stdout.open("w") as printed:
+        command = [sys.executable, "-m", "attnunet", *_tiny_cli(demo_dataset, output, epochs=3)]
+        process = subprocess.Popen(
+            [*command, "--tracking-uri", server.url, "--experiment", "outage"],
+            stdout=printed,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True)
+        reader.start()
+        seen: list[str] = []
+        try:
+            while "epoch 2/3 started" not in "".join(seen[-1:]):  # epoch 1 is logged to MLflow by then
+                seen.append(lines.get(timeout=240))
+            server.stop()
+            killed = time.monotonic()
+            process.wait(timeout=240)
+        finally:
+            process.kill()
+        after_kill = time.monotonic() - killed
+    reader.join(timeout=10)  # the rest of stderr, up to its end
+    while not lines.empty():
+        seen.append(lines.get())
+    stderr = "".join(seen)
+    assert process.returncode == 0, stderr
+    assert after_kill < 60, after_kill  # not MLflow's ~8.5 minutes of retries per call
+    assert "Traceback" not in stderr and len(seen) < 40, stderr
+    (warning,) = [line for line in seen if "failed while" in line]
+    assert warning == (
+        f"WARNING {TRACKER_LOGGER}: MLflow tracking store {server.url} failed while logging the metrics of "
+        "step 2 ([Errno 111] Connection refused); the run goes on without MLflow and logs nothing more to "
+        f"it; every epoch's metrics are kept in {output}/metrics.jsonl, the checkpoints in "
+        f"{output}/checkpoints\n"
+    )
+    assert "model: not logged (the tracking store failed, see the warning above)" in stdout.read_text()
+    # No epoch lost: every record on disk, both checkpoints there and readable.
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert load_checkpoint(output / "checkpoints" / "last.pt")["epoch"] == 3
+    model_from_checkpoint(output / "checkpoints" / "best.pt")
+
+
+def test_runs_started_together_on_a_new_sqlite_store_all_start(tmp_path):
+    # Without the lock, 2 of 3 such processes died creating the tables ("duplicate column name: step").
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    start_at = time.time() + 15  # after the three have imported MLflow
+    script = (
+        "import sys, time\n"
+        "from attnunet.pipelines.tracking.mlflow_runs import RunTracker\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "tracker = RunTracker(sys.argv[1], experiment='together')\n"
+        "tracker.end()\n"
+        "print(tracker.run_id)\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for _ in range(3)
+    ]
+    results = [process.communicate(timeout=180) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in results]
+    run_ids = {out.strip() for out, _ in results}
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert {r.info.run_id for r in runs} == run_ids and len(run_ids) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def _tracked_model(uri: str, experiment: str, dice: list[float], **options) -> tuple[RunTracker, str]:
+    """A run that logged ``dice`` as its val_mean_dice history and registered a model as alias-test."""
+    tracker = RunTracker(uri, experiment=experiment, **options)
+    for step, value in enumerate(dice, start=1):
+        tracker.log_metrics({"val_mean_dice": value}, step=step)
+    model_uri = tracker.log_model(
+        torch.nn.Conv3d(1, 2, 1), in_channels=1, out_channels=2, spatial_dims=3, example_size=(4, 4, 4),
+        register="alias-test", alias="champion",
+    )  # fmt: skip
+    tracker.end()
+    return tracker, model_uri
+
+
+def test_alias_moves_only_to_a_better_version_unless_forced(mlflow_server, caplog):  # noqa: F811
+    client = MlflowClient(mlflow_server)
+    steps = [  # (val_mean_dice history, force_alias, version holding the alias after, what the log says)
+        ([0.5, 0.7], False, "1", "moved to version 1 (best val_mean_dice 0.7000): no version held it"),
+        ([0.6], False, "1", "stays on version 1 (best val_mean_dice 0.7000): version 2 reached "
+         "val_mean_dice 0.6000, which does not beat it; pass --force-alias to move it"),
+        ([0.7], False, "1", "stays on version 1 (best val_mean_dice 0.7000): version 3 reached "
+         "val_mean_dice 0.7000, which does not beat it"),
+        ([0.65, 0.8], False, "4", "moved to version 4 (best val_mean_dice 0.8000): it beats version 1's "
+         "0.7000"),
+        ([0.1], True, "5", "moved to version 5 (best val_mean_dice 0.1000): --force-alias, although "
+         "version 4 had 0.8000"),
+    ]  # fmt: skip
+    for version, (dice, force, holder, said) in enumerate(steps, start=1):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=TRACKER_LOGGER):
+            _, model_uri = _tracked_model(mlflow_server, "alias", dice, force_alias=force)
+        assert f"alias 'champion' of alias-test {said}" in caplog.text
+        assert model_uri == (
+            "models:/alias-test@champion" if holder == str(version) else f"models:/alias-test/{version}"
+        )
+        assert client.get_model_version_by_alias("alias-test", "champion").version == holder
+
+
+def test_a_refused_resume_leaves_the_finished_run_as_it_was(
+    demo_dataset, tmp_path, tiny_config, monkeypatch, capsys
+):
+    uri, output = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "run"
+    seen = []
+    log_metrics = RunTracker.log_metrics
+
+    def checkpoint_first(tracker, metrics, *, step):  # the real call, after looking at what is on disk
+        records = (output / "metrics.jsonl").read_text().splitlines()
+        seen.append((step, load_checkpoint(output / "checkpoints" / "last.pt")["epoch"], len(records)))
+        log_metrics(tracker, metrics, step=step)
+
+    monkeypatch.setattr(RunTracker, "log_metrics", checkpoint_first)
+    result = train(tiny_config(demo_dataset, output, track=True, tracking_uri=uri, experiment="refused"))
+    assert seen == [(1, 1, 1)]  # MLflow heard of epoch 1 only once its record and last.pt were on disk
+    client = MlflowClient(uri)
+    before = client.get_run(result.run_id).info
+    assert before.status == "FINISHED"
+
+    args = [*_tiny_cli(demo_dataset, output, epochs=2), "--tracking-uri", uri, "--experiment", "refused"]
+    args[args.index("init_features=4")] = "init_features=8"
+    assert main([*args, "--resume"]) == 2
+    assert "was trained with network attention_unet_3d_small" in capsys.readouterr().err
+    after = client.get_run(result.run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
+    assert len(client.search_runs([client.get_experiment_by_name("refused").experiment_id])) == 1

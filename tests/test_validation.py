@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from attnunet.cli import main
 from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.pipelines.data.validation import DataValidationError, validate_items
 
@@ -93,8 +95,10 @@ def test_geometry_mismatch(case):
 
 
 def test_wrong_channel_count(case):
-    message = problem([case], in_channels=3)
-    assert f"image {case['image']} has 1 channel(s), the network takes in_channels=3" in message
+    assert problem([case], in_channels=3) == (
+        f"image {case['image']} has shape (32, 32, 16) (1 channel(s)), expected 3 channel(s) (the network "
+        "takes in_channels=3); give every image the same channels, last: (x, y, z) or (x, y, z, channels)"
+    )
 
 
 def test_label_with_several_channels(case):
@@ -144,3 +148,94 @@ def test_headers_only_skips_data(case):
     data[0, 0, 0] = np.nan
     rewrite(case["image"], data=data)
     validate_items([case], check_values=False)
+
+
+FORM_3D = "(x, y, z) or (x, y, z, channels)"
+
+
+@pytest.fixture
+def dataset(demo_dataset: Path, tmp_path: Path) -> Path:
+    """A writable copy of the demo dataset (4 training cases of 32 x 32 x 16, dataset.json: CT)."""
+    return Path(shutil.copytree(demo_dataset, tmp_path / "dataset"))
+
+
+def _train_cli(data: Path, output: Path) -> list[str]:
+    return [
+        "train", "--data", str(data), "--output", str(output), "--plan", "none", "--preset", "ct",
+        "--roi-size", "32", "32", "16", "--no-track", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+
+
+def _odd_images(dataset: Path) -> dict[str, tuple[str, np.ndarray, str]]:
+    """name -> (image path, new data, the problem's expected text) for one odd image among 3D ones."""
+    path = str(dataset / "imagesTr" / "demo_001.nii.gz")
+    data = np.asarray(nib.load(path).dataobj)
+    return {
+        "4D, 3 channels": (
+            path,
+            np.stack([data] * 3, axis=-1),
+            f"image {path} has shape (32, 32, 16, 3) (3 channel(s)), expected 1 channel(s) ({{why}}); "
+            f"give every image the same channels, last: {FORM_3D}",
+        ),
+        "5D": (
+            path,
+            np.stack([data] * 3, axis=-1)[..., None, :],
+            f"image {path} has shape (32, 32, 16, 1, 3) (5 dimensions), expected 3 spatial dimensions and "
+            f"at most one channel axis: {FORM_3D} (roi_size has 3 sizes); save it as {FORM_3D}",
+        ),
+        "2D slice": (
+            path,
+            data[:, :, 8],
+            f"image {path} has shape (32, 32) (2 spatial dimensions), expected 3: {FORM_3D} "
+            "(roi_size has 3 sizes); replace it with a 3D image or leave it out",
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", ["4D, 3 channels", "5D", "2D slice"])
+def test_an_image_of_another_kind_among_3d_ones(dataset, kind, tmp_path, capsys):
+    path, data, expected = _odd_images(dataset)[kind]
+    rewrite(path, data=data)
+    if kind == "2D slice":  # its label too, so that only the dimensions are wrong
+        label = path.replace("imagesTr", "labelsTr")
+        rewrite(label, data=np.asarray(nib.load(label).dataobj)[:, :, 8])
+    items = discover_dataset(dataset).items
+    assert problem(items, spatial_dims=3) == expected.format(why="as 3 of the 4 images have")
+    # attnunet train: the same line, with the channels dataset.json declares, exit 2 before any output
+    assert main(_train_cli(dataset, tmp_path / "run")) == 2
+    why = f"{dataset / 'dataset.json'} 'modality' lists 1: CT"
+    assert capsys.readouterr().err == f"attnunet train: error: {expected.format(why=why)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_roi_size_the_usual_dimensions_are_expected(dataset):
+    path, data, _ = _odd_images(dataset)["2D slice"]
+    rewrite(path, data=data)
+    label = path.replace("imagesTr", "labelsTr")
+    rewrite(label, data=np.asarray(nib.load(label).dataobj)[:, :, 8])
+    assert problem(discover_dataset(dataset).items) == (
+        f"image {path} has shape (32, 32) (2 spatial dimensions), expected 3: {FORM_3D} "
+        "(as 3 of the 4 images have); replace it with a 3D image or leave it out"
+    )
+
+
+def test_dataset_json_declaring_two_modalities_for_one_channel_files(dataset, tmp_path, capsys):
+    description = json.loads((dataset / "dataset.json").read_text())
+    description["modality"] = {"0": "CT", "1": "PET"}
+    (dataset / "dataset.json").write_text(json.dumps(description))
+    assert main(_train_cli(dataset, tmp_path / "run")) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "attnunet train: error: 4 problems in the data (fix them and run again):"
+    why = f"{dataset / 'dataset.json'} 'modality' lists 2: CT, PET"
+    assert lines[1:] == [
+        f"  - image {dataset / 'imagesTr' / f'demo_00{i}.nii.gz'} has shape (32, 32, 16) (1 channel(s)), "
+        f"expected 2 channel(s) ({why}); give every image the same channels, last: {FORM_3D}"
+        for i in range(4)
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_headers_are_returned_in_item_order(dataset):
+    items = discover_dataset(dataset).items
+    headers = validate_items(items, spatial_dims=3, in_channels=1, check_values=False)
+    assert [str(h.path) for h in headers] == [item["image"] for item in items]

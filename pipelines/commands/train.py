@@ -82,16 +82,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-track", dest="track", action="store_false", help="do not log to MLflow (default: log)")
     add("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     add("--experiment", default=d.experiment, help="MLflow experiment (default: %(default)s)")
-    add("--artifact-location", help="artifact root of a new MLflow experiment (default: MLflow's ./mlruns)")
+    add("--artifact-location", help="artifact root of a new experiment (default: mlartifacts/ by sqlite)")
     add("--run-name", help="MLflow run name (default: MLflow's generated name)")
     add("--register", metavar="NAME", help="register the best model under NAME (default: not registered)")
-    add("--alias", default=d.alias, help="alias of the registered version (default: %(default)s)")
+    add("--alias", default=d.alias, help="registry alias, moved only to better models (default: %(default)s)")
+    add("--force-alias", action="store_true", help="move --alias even to a worse model (default: off)")
     add("--cache", default=d.cache, choices=CACHE_MODES, help="dataset cache (default: %(default)s)")
     add("--cache-dir", help="disk cache folder (default: OUTPUT/cache)")
     add("--memory-budget-gb", type=float, help="memory the auto cache may use (default: half the free RAM)")
     add("--num-workers", type=int, default=d.num_workers, help="data-loader workers (default: %(default)s)")
     add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    add("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="mixed precision on CUDA")
+    add(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=d.amp,
+        help="mixed precision on CUDA (default: on)",
+    )
     add("--sw-batch-size", type=int, help="windows per forward pass " + planned % d.sw_batch_size)
     add("--overlap", type=float, help="sliding-window overlap " + planned % d.overlap)
     add("--no-progress", dest="progress", action="store_false", help="no progress bar (default: shown)")
@@ -117,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
             f"checkpoints in {result.best_checkpoint.parent}"
         )
         if result.run_id:
-            print(f"MLflow run {result.run_id} in {result.tracking_uri}; model: {result.model_uri}")
+            model = result.model_uri or "not logged (the tracking store failed, see the warning above)"
+            print(f"MLflow run {result.run_id} in {result.tracking_uri}; model: {model}")
     return 0

@@ -1,7 +1,8 @@
 """Check a dataset's files before any training starts; each problem names the file and what to do.
 
-Two passes. The first reads headers only (fast): missing or unreadable files, a missing label, a
-wrong channel count, image/label shape or geometry mismatches. The second decodes the data with the
+Two passes. The first reads headers only (fast): missing or unreadable files, a missing label, an image
+of another dimension or channel count than the others (or than ``roi_size`` and the declared modalities
+say), image/label shape or geometry mismatches. The second decodes the data with the
 readers the presets use (``monai.transforms.LoadImage``): truncated files, NaN or infinite values, and
 label values that are not among the declared classes. All problems of a pass are reported together
 in one :class:`DataValidationError`.
@@ -9,12 +10,14 @@ in one :class:`DataValidationError`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader: DICOM folders, NRRD, MHA)
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES, ImageHeader, loader_for, read_header
+from attnunet.transforms.headers import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, ImageHeader, loader_for, read_header
 
 __all__ = ["DataValidationError", "validate_items"]
 
@@ -59,22 +62,19 @@ def _header(path: str, role: str, problems: list[str]) -> ImageHeader | None:
     return None
 
 
-def _check_headers(item: Mapping, require_label: bool, in_channels: int | None, problems: list[str]) -> None:
+def _check_headers(item: Mapping, require_label: bool, problems: list[str]) -> ImageHeader | None:
+    """The image's header after the checks of one case; None when the image cannot be read."""
     image_path = item.get("image")
     if not image_path:
         problems.append(f"case {dict(item)} has no 'image'; every case needs an image path")
-        return
+        return None
     label_path = item.get("label")
     if not label_path and require_label:
         problems.append(f"image {image_path} has no label; add its label file or remove the image")
     image = _header(str(image_path), "image", problems)
     label = _header(str(label_path), "label", problems) if label_path else None
-    if image is not None and in_channels is not None and image.channels != in_channels:
-        problems.append(
-            f"image {image_path} has {image.channels} channel(s), the network takes in_channels={in_channels}"
-        )
     if image is None or label is None:
-        return
+        return image
     if label.channels != 1 and not _is_2d(str(label_path)):  # 2D masks are read as grayscale by the preset
         problems.append(f"label {label_path} has {label.channels} channels; a label map must have one")
     if image.spatial_shape != label.spatial_shape:
@@ -89,6 +89,64 @@ def _check_headers(item: Mapping, require_label: bool, in_channels: int | None, 
             f"{_rounded(label.affine[:-1, -1])} vs {_rounded(image.affine[:-1, -1])}); "
             "resample the label onto the image grid"
         )
+    return image
+
+
+def _stored_shape(header: ImageHeader) -> tuple[int, ...]:
+    """The array shape the file stores: a NIfTI's whole header shape (a 5th axis included), else the
+    spatial shape with the channels last."""
+    if str(header.path).lower().endswith(NIFTI_SUFFIXES):
+        return tuple(int(n) for n in nib.load(header.path).shape)
+    return (*header.spatial_shape, *((header.channels,) if header.channels > 1 else ()))
+
+
+def _usual(values: list[int], given: int | None, given_from: str) -> tuple[int, str]:
+    """The expected value and why: ``given`` (with ``given_from``), else the most common of ``values``."""
+    if given is not None:
+        return given, given_from
+    value, count = Counter(values).most_common(1)[0]
+    return value, f"as {count} of the {len(values)} images have"
+
+
+def _check_kinds(
+    images: list[ImageHeader],
+    spatial_dims: int | None,
+    in_channels: int | None,
+    channels_from: str | None,
+    problems: list[str],
+) -> None:
+    """Every image has the expected spatial dimensions and channels, one problem per image at most."""
+    if not images:
+        return
+    rank, rank_from = _usual(
+        [len(h.spatial_shape) for h in images],
+        spatial_dims,
+        f"roi_size has {spatial_dims} sizes",
+    )
+    channels, channels_from = _usual(
+        [h.channels for h in images],
+        in_channels,
+        channels_from or f"the network takes in_channels={in_channels}",
+    )
+    axes = ("x", "y", "z")[:rank]
+    form = f"({', '.join(axes)}) or ({', '.join(axes)}, channels)"
+    for header in images:
+        shape = _stored_shape(header)
+        if len(header.spatial_shape) != rank:
+            problems.append(
+                f"image {header.path} has shape {shape} ({len(header.spatial_shape)} spatial dimensions), "
+                f"expected {rank}: {form} ({rank_from}); replace it with a {rank}D image or leave it out"
+            )
+        elif len(shape) > rank + 1:
+            problems.append(
+                f"image {header.path} has shape {shape} ({len(shape)} dimensions), expected {rank} spatial "
+                f"dimensions and at most one channel axis: {form} ({rank_from}); save it as {form}"
+            )
+        elif header.channels != channels:
+            problems.append(
+                f"image {header.path} has shape {shape} ({header.channels} channel(s)), expected {channels} "
+                f"channel(s) ({channels_from}); give every image the same channels, last: {form}"
+            )
 
 
 def _load(path: str, role: str, problems: list[str]) -> np.ndarray | None:
@@ -131,22 +189,33 @@ def validate_items(
     *,
     labels: Mapping[str, str] | None = None,
     in_channels: int | None = None,
+    channels_from: str | None = None,
+    spatial_dims: int | None = None,
     require_label: bool = True,
     check_values: bool = True,
-) -> None:
+) -> list[ImageHeader]:
     """Check every case's files; raise one :class:`DataValidationError` listing all problems found.
 
     Args:
         items: the cases, ``{"image": path, "label": path}`` (e.g. ``DatasetIndex.items``).
         labels: declared classes (index as str -> name); label values outside them are errors.
             None skips that check.
-        in_channels: expected image channels; None skips that check.
+        in_channels: expected image channels; None expects those most images have.
+        channels_from: where ``in_channels`` comes from, for the messages (e.g. the modalities a
+            ``dataset.json`` declares); default "the network takes N".
+        spatial_dims: expected spatial dimensions (training: ``len(roi_size)``); None expects those most
+            images have. A file may hold one channel axis after them, no more (a NIfTI's 5th axis
+            would become a spatial one).
         require_label: a case without a label is an error (training); False for inference inputs.
         check_values: decode the data to find truncated files, NaN/inf values and undeclared label values
             (the slow part); False checks headers only.
 
+    Returns:
+        the image headers, in the order of ``items``.
+
     Raises:
-        DataValidationError: (a ``ValueError``) with one line per problem, each naming its file.
+        DataValidationError: (a ``ValueError``) with one line per problem, each naming its file and,
+            for a wrong dimension or channel count, the shape found and the one expected.
 
     Example:
         >>> validate_items(index.items, labels=index.labels, in_channels=1)  # doctest: +SKIP
@@ -154,14 +223,15 @@ def validate_items(
     if not items:
         raise DataValidationError("the dataset has no cases; check the folder, dataset.json or CSV")
     problems: list[str] = []
-    for item in items:
-        _check_headers(item, require_label, in_channels, problems)
+    headers = [_check_headers(item, require_label, problems) for item in items]
+    images = [header for header in headers if header is not None]
+    _check_kinds(images, spatial_dims, in_channels, channels_from, problems)
     if problems:
         raise DataValidationError(problems)
-    if not check_values:
-        return
-    classes = {int(k) for k in labels} if labels is not None else None
-    for item in items:
-        _check_values(item, classes, problems)
-    if problems:
-        raise DataValidationError(problems)
+    if check_values:
+        classes = {int(k) for k in labels} if labels is not None else None
+        for item in items:
+            _check_values(item, classes, problems)
+        if problems:
+            raise DataValidationError(problems)
+    return images

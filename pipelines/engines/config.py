@@ -52,7 +52,9 @@ class TrainConfig:
             two classes trains the document's single binary output with ``BCEWithLogitsLoss``.
         epochs: number of epochs (total, counting resumed ones).
         val_every: validate every N epochs (and after the last one).
-        roi_size: training patch and sliding-window size; its length sets 2D or 3D.
+        roi_size: training patch and sliding-window size; its length sets 2D or 3D. An axis larger than
+            the largest training image (resampled, padded to the network's multiple) is clamped to that
+            size, with a warning (:mod:`attnunet.pipelines.engines.checks`).
         pixdim: target voxel spacing in mm, or None to keep each image's own.
         batch_size: images per batch (each gives ``num_samples`` patches).
         num_samples: random patches per image and iteration.
@@ -65,13 +67,17 @@ class TrainConfig:
         seed: seed of the split, the weights and the random transforms; two CPU runs with the same
             seed give the same losses.
         resume: continue from ``output/checkpoints/last.pt``.
-        track: log to MLflow (rank 0 only).
+        track: log to MLflow (rank 0 only). Each call to the store is bounded (about 35 s at most, see
+            :mod:`attnunet.pipelines.tracking.store`); a store that fails mid-run gets one warning and the
+            run goes on without it, every epoch's record kept in ``output/metrics.jsonl`` as always.
         tracking_uri: MLflow store; None means ``MLFLOW_TRACKING_URI`` or MLflow's default.
         experiment: MLflow experiment name.
         artifact_location: artifact root for the experiment if this run creates it (a folder or URI).
         run_name: MLflow run name.
         register: register the best model under this name in the MLflow model registry.
-        alias: alias given to the registered version.
+        alias: alias given to the registered version when its best ``val_mean_dice`` beats the version
+            holding the alias (or none holds it).
+        force_alias: move ``alias`` to the new version even when it does not beat the one holding it.
         cache: ``"auto"`` (memory if it fits ``memory_budget_gb``, else a persistent disk cache),
             ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder of the disk cache; None means ``output/cache``.
@@ -123,6 +129,7 @@ class TrainConfig:
     run_name: str | None = None
     register: str | None = None
     alias: str = "champion"
+    force_alias: bool = False
     cache: str = "auto"
     cache_dir: str | None = None
     memory_budget_gb: float | None = None
@@ -184,7 +191,9 @@ class TrainResult:
         config: the resolved config (the checkpoint's ``config``).
         run_id: the MLflow run id (None without tracking or on ranks other than 0).
         tracking_uri: the MLflow store used.
-        model_uri: where the logged model loads from (``models:/NAME@ALIAS`` when registered).
+        model_uri: where the logged model loads from (``models:/NAME@ALIAS`` when registered and given the
+            alias, ``models:/NAME/VERSION`` when the alias stayed on a better version); None when the
+            tracking store failed before the model was logged.
     """
 
     output: Path

@@ -3,14 +3,16 @@
 - :class:`EpochStatistics`: the epoch's mean loss, throughput, learning rate and the share of time
   spent waiting for the loader (ignite's ``Timer``), averaged over DDP ranks; steps the schedule.
 - :class:`TimeBudget`: re-sizes the number of epochs after every epoch so the run ends in its budget.
-- :class:`EpochRecorder`: one record per epoch, written to the checkpoints first and only then logged
-  (and sent to MLflow), so a finished epoch is on disk whatever the tracking store does. MONAI's
+- :class:`EpochRecorder`: one record per epoch, written to ``metrics.jsonl`` and the checkpoints first and
+  only then logged (and sent to MLflow), so a finished epoch is on disk whatever the tracking store does.
+  MONAI's
   ``CheckpointSaver`` is not used: it saves ``state_dict``s only, where our checkpoints also carry
   the model spec and the resolved config that rebuild the network.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Timer
 
+from attnunet.atomic import atomic_output
 from attnunet.checkpoints import save_checkpoint
 from attnunet.pipelines.engines.distributed import all_mean
 
@@ -33,11 +36,15 @@ class EpochStatistics:
     """Per-epoch ``train_loss``, ``throughput_samples_per_s``, ``lr`` and ``data_wait_share``.
 
     The schedule is stepped at the end of each epoch, before validation, so that the checkpoint
-    holds the next epoch's learning rate.
+    holds the next epoch's learning rate; with ``steps_schedule=False`` a :class:`TimeBudget` steps it
+    instead, once it has chosen the schedule's length.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any, world: int) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, scheduler: Any, world: int, *, steps_schedule: bool = True
+    ) -> None:
         self.optimizer, self.scheduler, self.world = optimizer, scheduler, world
+        self.steps_schedule = steps_schedule
         self.values: dict[str, float] = {}
         self.started = 0.0
         self._loss, self._batches, self._samples = 0.0, 0, 0
@@ -71,18 +78,17 @@ class EpochStatistics:
             "throughput_samples_per_s": all_mean(self._samples, self.world) * self.world / seconds,
             "data_wait_share": all_mean(self._data_timer.value() / seconds, self.world),
         }
-        self.scheduler.step()
+        if self.steps_schedule:
+            self.scheduler.step()
 
 
-def validate_at_the_end(trainer: Engine, evaluator: Engine, *, also_first: bool) -> None:
-    """Validate after the last epoch (and after the first when ``also_first``, which times one for a
-    time budget) when ``ValidationHandler``'s interval skipped it."""
+def validate_at_the_end(trainer: Engine, evaluator: Engine) -> None:
+    """Validate after the last epoch when ``ValidationHandler``'s interval skipped it."""
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _validate(engine: Engine) -> None:
         epoch = engine.state.epoch
-        wanted = epoch == engine.state.max_epochs or (also_first and epoch == 1)
-        if wanted and evaluator.state.epoch != epoch:
+        if epoch == engine.state.max_epochs and evaluator.state.epoch != epoch:
             evaluator.run(epoch)
 
 
@@ -106,7 +112,8 @@ def further_epochs(
 
 
 class TimeBudget:
-    """Sets the trainer's ``max_epochs`` (and the cosine schedule's length) after every epoch.
+    """Sets the trainer's ``max_epochs`` (and the cosine schedule's length) after every epoch, then steps
+    the schedule (its ``statistics`` are built with ``steps_schedule=False``).
 
     Re-sized from the last epoch's own time, so a machine that slows down (or speeds up) mid-run still
     ends within the budget; the mean over ranks keeps DDP in step. ``choice`` records what it chose.
@@ -123,7 +130,13 @@ class TimeBudget:
     def attach(self, trainer: Engine, evaluator: Engine) -> None:
         evaluator.add_event_handler(Events.STARTED, self._start_validation)
         evaluator.add_event_handler(Events.COMPLETED, self._finish_validation)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._validate_first, evaluator)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._resize, evaluator)
+
+    def _validate_first(self, trainer: Engine, evaluator: Engine) -> None:
+        """Validate after epoch 1 when the interval skips it: the first choice counts a validation's time."""
+        if trainer.state.epoch == 1 and evaluator.state.epoch != 1:
+            evaluator.run(1)
 
     def _start_validation(self, _: Engine) -> None:
         self._validation_started = time.perf_counter()
@@ -143,6 +156,7 @@ class TimeBudget:
         scheduler = self.statistics.scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
+        scheduler.step()  # after T_max is set: a step taken before would follow the old length
         if epoch == 1:
             logger.info(
                 "time budget %.1f min: setup and epoch 1 took %.0f s (validation %.0f s) -> %d epochs",
@@ -157,13 +171,20 @@ class TimeBudget:
 
 
 class EpochRecorder:
-    """After each epoch (and its validation): the record into ``history``, ``best.pt`` when the key
-    metric improved and ``last.pt`` always, then the log line and ``log_metrics(record, step)``.
+    """After each epoch (and its validation): the record into ``history`` and ``metrics_file``, ``best.pt``
+    when the key metric improved and ``last.pt`` always, then the log line and ``log_metrics(record, step)``.
+
+    The metrics file (one JSON record per line, rewritten atomically) comes before the checkpoints: a crash
+    between the two leaves a record of an epoch whose checkpoint is missing, which a resume drops and
+    writes again, rather than a checkpointed epoch without its record.
 
     Args:
         checkpoint: called with no argument, returns the checkpoint dict of this moment (weights, spec,
             config, optimiser...); ``best.pt`` drops the resume-only keys.
         class_names: foreground class names, in the order of the evaluator's per-class Dice.
+        metrics_file: the run's ``metrics.jsonl``.
+        resumed_epoch: the epoch a resumed run continues after: the file's records up to it are kept,
+            later ones (written before a crash lost their checkpoint) dropped; 0 for a new run.
         log_metrics: where the records go after the checkpoint is on disk (MLflow), or None.
         rank: only rank 0 writes and logs.
     """
@@ -177,14 +198,18 @@ class EpochRecorder:
         statistics: EpochStatistics,
         class_names: Sequence[str],
         *,
+        metrics_file: Path,
+        resumed_epoch: int,
         log_metrics: Callable[[dict[str, float], int], None] | None,
         rank: int,
         budgeted: bool,
     ) -> None:
         self.best_path, self.last_path = folder / "best.pt", folder / "last.pt"
         self.checkpoint, self.statistics, self.class_names = checkpoint, statistics, list(class_names)
-        self.log_metrics, self.rank, self.budgeted = log_metrics, rank, budgeted
+        self.metrics_file, self.log_metrics = metrics_file, log_metrics
+        self.rank, self.budgeted = rank, budgeted
         self.history: list[dict[str, float]] = []
+        self._records = _records_until(metrics_file, resumed_epoch) if rank == 0 else []
 
     def attach(self, trainer: Engine, evaluator: Engine) -> None:
         # after validation: ignite runs an event's handlers in the order they were added
@@ -206,6 +231,9 @@ class EpochRecorder:
         self.history.append(record)
         if self.rank != 0:
             return
+        self._records.append(record)
+        with atomic_output(self.metrics_file) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self._records))
         checkpoint = self.checkpoint()
         if validated and evaluator.state.best_metric_epoch == epoch:
             save_checkpoint(
@@ -217,3 +245,20 @@ class EpochRecorder:
         )
         if self.log_metrics is not None:
             self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
+
+
+def _records_until(path: Path, epoch: int) -> list[dict[str, float]]:
+    """The records of ``path`` up to ``epoch`` (none for a new run, ``epoch`` 0)."""
+    if epoch == 0 or not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} line {number} is not a JSON record ({error}); move the file away to resume"
+            ) from None
+        if record["epoch"] <= epoch:
+            records.append(record)
+    return records

@@ -9,8 +9,12 @@ references too). What this module adds is the run around them:
   beside the weights, written atomically), ``best.pt`` when the key metric improves and ``last.pt``
   after every epoch with the optimiser, scheduler, AMP scaler, engine state and the MLflow run id, so
   ``--resume`` continues the same run and a SIGKILL loses at most one epoch;
-- per-epoch MLflow metrics through :class:`~attnunet.pipelines.tracking.mlflow_runs.RunTracker`,
-  sent after the checkpoint is on disk, from rank 0 only;
+- every epoch's record written to ``metrics.jsonl`` beside the checkpoints, then the checkpoints, then
+  the record sent to MLflow through :class:`~attnunet.pipelines.tracking.mlflow_runs.RunTracker`, from
+  rank 0 only; a tracking store that goes away mid-run gets one warning and the training goes on
+  (the records stay on disk, the end of the run logs nothing more);
+- every check that can refuse a run (:mod:`attnunet.pipelines.engines.checks`: files, dimensions and
+  channels, a resumed checkpoint's network, an oversized patch clamped) before its MLflow run exists;
 - DDP under ``torchrun``: MONAI's ``partition_dataset`` splits the cases, the metrics are reduced
   across ranks by MONAI's cumulative metrics, rank 0 writes checkpoints and logs.
 
@@ -36,9 +40,17 @@ from monai.data import DataLoader, partition_dataset
 from monai.handlers import ValidationHandler
 from monai.utils import set_determinism
 
+from attnunet.atomic import atomic_output
 from attnunet.checkpoints import load_checkpoint
-from attnunet.pipelines.data.datasets import discover_dataset, make_dataset, split_items
-from attnunet.pipelines.data.validation import validate_items
+from attnunet.pipelines.data.datasets import make_dataset, split_items
+from attnunet.pipelines.engines.checks import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    PreparedRun,
+    check_output,
+    prepare_run,
+)
 from attnunet.pipelines.engines.components import (
     create_evaluator,
     create_loss,
@@ -46,7 +58,7 @@ from attnunet.pipelines.engines.components import (
     create_scheduler,
     create_trainer,
 )
-from attnunet.pipelines.engines.config import TrainConfig, TrainResult, resolve_config
+from attnunet.pipelines.engines.config import TrainConfig, TrainResult
 from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.engines.handlers import (
     EpochRecorder,
@@ -56,45 +68,25 @@ from attnunet.pipelines.engines.handlers import (
 )
 from attnunet.pipelines.planning.plan import save_plan
 from attnunet.pipelines.tracking.finish import finish_run
-from attnunet.pipelines.tracking.mlflow_runs import RunTracker, check_tracking_server, resolve_tracking_uri
+from attnunet.pipelines.tracking.mlflow_runs import RunTracker
+from attnunet.pipelines.tracking.store import check_tracking_server, resolve_tracking_uri
 from attnunet.spec import ModelSpec
 from attnunet.transforms.presets import build_transforms
 
-__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "train"]
+__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "train"]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-
-
-def _check_output(output: Path, resume: bool) -> Path:
-    """The run's ``last.pt``; refuses an output that holds another run (unless resuming) or none to resume."""
-    last = output / CHECKPOINT_DIR / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
-    elif last.exists() or (output / CHECKPOINT_DIR / "best.pt").exists():
-        raise FileExistsError(
-            f"{output} already holds a training run ({last}); pass --resume to continue it "
-            "or choose another --output"
-        )
-    elif (output / CONFIG_FILE).exists():  # a run that never finished an epoch, or someone's file
-        raise FileExistsError(
-            f"{output / CONFIG_FILE} already exists and would be overwritten; choose another --output "
-            "or move that file away"
-        )
-    return last
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a segmentation network as ``config`` says, with checkpoints and MLflow tracking.
 
-    Steps: discover and validate the data, split it, check the tracking store (fails before any
-    training), build cached datasets, the network, ``DiceCELoss`` (or ``BCEWithLogitsLoss`` for one
-    binary output), Adam and the scheduler, then run MONAI's trainer with validation every
-    ``val_every`` epochs. At the end rank 0 logs the best checkpoint, the config and an overlay PNG,
-    logs the model and registers it when ``config.register`` is set.
+    Steps: check the tracking store (fails before any training), discover and validate the data and fit
+    the patch (:func:`~attnunet.pipelines.engines.checks.prepare_run`), split it, build cached datasets,
+    the network, ``DiceCELoss`` (or ``BCEWithLogitsLoss`` for one binary output), Adam and the scheduler,
+    then run MONAI's trainer with validation every ``val_every`` epochs. At the end rank 0 logs the best
+    checkpoint, the config and an overlay PNG, logs the model and registers it when ``config.register``
+    is set.
 
     Args:
         config: the options (see :class:`TrainConfig`).
@@ -106,7 +98,9 @@ def train(config: TrainConfig) -> TrainResult:
         FileNotFoundError: ``data`` does not exist, or ``resume`` without a last checkpoint.
         FileExistsError: ``output`` already holds a run and ``resume`` is not set.
         ValueError: bad data (see :func:`attnunet.pipelines.data.validation.validate_items`) or options.
-        ConnectionError: the MLflow tracking store cannot be reached.
+        ConnectionError: the MLflow tracking store cannot be reached when the run starts.
+        DiskFullError: (an ``OSError``) a checkpoint or record could not be written for lack of room;
+            the earlier checkpoints are left as they were.
 
     Example:
         >>> config = TrainConfig(data="demo", output="runs/a", roi_size=(64, 64, 32), epochs=2)
@@ -119,30 +113,11 @@ def train(config: TrainConfig) -> TrainResult:
         leave_distributed(world)
 
 
-def _checked_labels(config: TrainConfig) -> dict[str, str]:
-    """The dataset's classes, checked against ``out_channels``."""
-    labels = dict(discover_dataset(config.data).labels)
-    if len(labels) < 2:
-        raise ValueError(
-            f"{config.data}: a segmentation needs at least 2 classes (background + one), got {labels}"
-        )
-    out_channels = config.out_channels or len(labels)
-    if out_channels == 1 and len(labels) != 2:
-        raise ValueError(
-            f"out_channels=1 (one binary output) needs exactly 2 classes, {config.data} has {labels}"
-        )
-    if out_channels not in (1, len(labels)):
-        raise ValueError(
-            f"out_channels must be 1 or the number of classes ({len(labels)}), got {out_channels}"
-        )
-    return labels
-
-
 def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
     started = time.perf_counter()  # the time budget counts from here: data checks and caching included
     if not Path(config.data).exists():
         raise FileNotFoundError(f"--data {config.data} does not exist")
-    last_path = _check_output(Path(config.output), config.resume)
+    last_path = check_output(Path(config.output), config.resume)
     resumed = load_checkpoint(last_path) if config.resume else None
     if resumed is not None and int(resumed["epoch"]) >= config.epochs:
         raise ValueError(
@@ -150,26 +125,30 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         )
     if config.track and rank == 0:  # fail fast, before the (slow) data validation
         check_tracking_server(resolve_tracking_uri(config.tracking_uri))
-
-    labels = _checked_labels(config)
-    items = discover_dataset(config.data).items
-    validate_items(items, labels=labels)
-    train_items, val_items = split_items(items, val_fraction=config.val_fraction, seed=config.seed)
-    if world > 1 and len(val_items) < world:
+    # Everything that can refuse the run happens before its MLflow run is created or resumed: a refused
+    # --resume leaves the earlier run as it was.
+    prepared = prepare_run(config, resumed, rank)
+    config = prepared.config
+    splits = split_items(prepared.items, val_fraction=config.val_fraction, seed=config.seed)
+    if world > 1 and len(splits[1]) < world:
         raise ValueError(
-            f"{len(val_items)} validation cases cannot be shared by {world} processes; raise --val-fraction"
+            f"{len(splits[1])} validation cases cannot be shared by {world} processes; raise --val-fraction"
         )
     tracker = None
     if config.track and rank == 0:
+        output = Path(config.output)
         tracker = RunTracker(
             config.tracking_uri,
             experiment=config.experiment,
             run_name=config.run_name,
             run_id=resumed.get("mlflow_run_id") if resumed else None,
             artifact_location=config.artifact_location,
+            force_alias=config.force_alias,
+            kept_on_disk=f"every epoch's metrics are kept in {output / METRICS_FILE}, the checkpoints in "
+            f"{output / CHECKPOINT_DIR}",
         )
     try:
-        return _fit(config, rank, world, device, labels, (train_items, val_items), resumed, tracker, started)
+        return _fit(prepared, rank, world, device, splits, resumed, tracker, started)
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -197,34 +176,12 @@ def _datasets(config: TrainConfig, splits: tuple[list[dict], list[dict]], rank: 
     return train_ds, val_ds
 
 
-def _model_spec(config: TrainConfig, resolved: dict[str, Any], resumed: dict[str, Any] | None) -> ModelSpec:
-    """The spec of the network the options give; a resumed run must have been trained with it."""
-    resolved["network_spec"] = {
-        "name": config.network,
-        "kwargs": {
-            **config.network_kwargs,
-            **{k: resolved[k] for k in ("spatial_dims", "in_channels", "out_channels")},
-        },
-    }
-    spec = ModelSpec.from_config(resolved)
-    if resumed is not None:
-        before = ModelSpec.from_dict(resumed["spec"])
-        if (before.network, dict(before.network_kwargs)) != (spec.network, dict(spec.network_kwargs)):
-            raise ValueError(
-                f"--resume: {Path(config.output) / CHECKPOINT_DIR / 'last.pt'} was trained with network "
-                f"{before.network} {dict(before.network_kwargs)}, the options now give {spec.network} "
-                f"{dict(spec.network_kwargs)}; resume with the same options or train into a new --output"
-            )
-    return spec
-
-
 class _Run:
     """The engines of one run and what they act on (network, optimiser, schedule)."""
 
-    def __init__(
-        self, config: TrainConfig, spec: ModelSpec, device: torch.device, world: int, datasets
-    ) -> None:
-        self.network = spec.build().to(device)
+    def __init__(self, prepared: PreparedRun, device: torch.device, world: int, datasets) -> None:
+        config, spec = prepared.config, prepared.spec
+        self.network = prepared.network.to(device)
         model = self.network
         if world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -286,24 +243,21 @@ class _Run:
 
 
 def _fit(
-    config: TrainConfig,
+    prepared: PreparedRun,
     rank: int,
     world: int,
     device: torch.device,
-    labels: dict[str, str],
     splits: tuple[list[dict], list[dict]],
     resumed: dict[str, Any] | None,
     tracker: RunTracker | None,
     started: float,
 ) -> TrainResult:
-    """Build datasets, network, engines and handlers, and run the trainer (rank-0 side effects only)."""
+    """Build datasets, engines and handlers, and run the trainer (rank-0 side effects only)."""
+    config, resolved, spec, labels = prepared.config, prepared.resolved, prepared.spec, prepared.labels
     output = Path(config.output)
     set_determinism(seed=config.seed)
     train_ds, val_ds = _datasets(config, splits, rank, world)
-    in_channels = int(val_ds[0]["image"].shape[0])
-    resolved = resolve_config(config, labels, in_channels, config.out_channels or len(labels))
-    spec = _model_spec(config, resolved, resumed)
-    run = _Run(config, spec, device, world, (train_ds, val_ds))
+    run = _Run(prepared, device, world, (train_ds, val_ds))
     if resumed is not None:
         run.restore(resumed, config.epochs)
         logger.info(
@@ -315,6 +269,8 @@ def _fit(
         lambda: run.checkpoint(spec, resolved, tracker),
         budget.statistics if isinstance(budget, TimeBudget) else budget,
         [labels[k] for k in sorted(labels, key=int) if k != "0"],
+        metrics_file=output / METRICS_FILE,
+        resumed_epoch=int(resumed["epoch"]) if resumed is not None else 0,
         log_metrics=(lambda metrics, step: tracker.log_metrics(metrics, step=step)) if tracker else None,
         rank=rank,
         budgeted=isinstance(budget, TimeBudget),
@@ -352,7 +308,9 @@ def _attach_handlers(
 ) -> EpochStatistics | TimeBudget:
     """Statistics, progress bar, validation, time budget, in the order ignite must run them; returns
     the budget when there is one, else the statistics."""
-    statistics = EpochStatistics(run.optimizer, run.scheduler, world)
+    statistics = EpochStatistics(
+        run.optimizer, run.scheduler, world, steps_schedule=config.time_budget is None
+    )
     statistics.attach(run.trainer)
     if rank == 0:
         run.trainer.add_event_handler(Events.EPOCH_STARTED, _log_epoch_start)
@@ -367,7 +325,7 @@ def _attach_handlers(
     if config.time_budget is not None:
         budget = TimeBudget(config.time_budget, started, statistics, config.val_every, world)
         budget.attach(run.trainer, run.evaluator)
-    validate_at_the_end(run.trainer, run.evaluator, also_first=budget is not None)
+    validate_at_the_end(run.trainer, run.evaluator)
     return budget or statistics
 
 
@@ -377,6 +335,7 @@ def _log_epoch_start(engine: Engine) -> None:
 
 def _write_config(output: Path, resolved: dict[str, Any], tracker: RunTracker | None) -> None:
     """Write the resolved config beside the checkpoints (and log it to MLflow when tracking)."""
-    (output / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    with atomic_output(output / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
     if tracker is not None:
         tracker.log_config(resolved)

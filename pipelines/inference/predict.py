@@ -50,6 +50,7 @@ from attnunet.pipelines.data.files import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES, inne
 from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.inference.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs
+from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
 from attnunet.transforms.presets import build_transforms
@@ -284,7 +285,9 @@ def segment(
 
     The case goes through the spec's preset ``"infer"`` chain, MONAI's sliding-window inferer on the
     devices :func:`~attnunet.pipelines.inference.devices.choose_devices` picks, then back through the
-    preset's invertible transforms (orientation, spacing) with ``Invertd``.
+    preset's invertible transforms (orientation, spacing) with ``Invertd``. A window axis larger than the
+    image padded to the network's multiple is clamped to that size, with a warning (a bigger window only
+    computes zeros: 256^3 windows on a 64 x 64 x 32 image ran for over 15 minutes).
     """
     preprocess = _preprocessing(spec, case)
     image = (data := _load(preprocess, case))["image"]
@@ -301,8 +304,15 @@ def segment(
         device=windows.device,
     )
     model.to(plan.sw_device)
+    roi_size = fit_roi(windows.roi_size, image.shape[1:], model, spec.network_kwargs)
+    if roi_size != windows.roi_size:
+        logger.warning(
+            "%s: --roi-size %s is larger than this image needs (%s voxels after preprocessing, padded to "
+            "the network's multiple); its windows are %s",
+            case.name, list(windows.roi_size), list(image.shape[1:]), list(roi_size),
+        )  # fmt: skip
     inferer = SlidingWindowInferer(
-        roi_size=windows.roi_size,
+        roi_size=roi_size,
         sw_batch_size=windows.sw_batch_size,
         overlap=windows.overlap,
         mode=windows.blend,

@@ -1,19 +1,24 @@
-"""MLflow tracking for attnunet runs: where runs go, what a run records, and the model registry.
+"""MLflow tracking for attnunet runs: what a run records, and the model registry.
 
-The tracking store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory for
-MLflow 3) unless ``MLFLOW_TRACKING_URI`` or an explicit ``tracking_uri`` names another one (an
-``mlflow server`` URL, a sqlite file, a PostgreSQL database). :func:`check_tracking_server` fails
-fast, before any training, when that store cannot be reached.
+Where runs go (the store, its checks and HTTP limits) is :mod:`attnunet.pipelines.tracking.store`.
 
 MONAI's ``MLFlowHandler`` is not used: it owns the run's lifetime inside one engine, truncates
 nothing but also cannot put over-long parameters into an artifact instead, and logs from every
 rank. Training needs one run that spans resumes (the run id is kept in the checkpoint), rank-0
 only logging, and the model registry; :class:`RunTracker` is that small layer over MLflow's API.
 
+A store that fails mid-run (a server that went away, a full disk under a sqlite store) does not stop
+the training: the tracker warns once, naming where the run's records are kept on disk, and logs
+nothing more in this run (each call is bounded by
+:func:`~attnunet.pipelines.tracking.store.bounded_requests`).
+
 Models are logged with ``serialization_format="pickle"``: MLflow 3's default ``pt2`` format runs
 ``torch.export`` on the input example and specialises the graph to its shape (a batch-1 example
 rejects ``sw_batch_size=4``; a 64^3 example rejects another window size). The pickled eager model
 accepts any batch and spatial size, like the checkpoint it came from.
+
+A registered model's alias (``champion``) moves to a new version only when that version's run has a
+better best :data:`KEY_METRIC` than the run of the version holding it, unless ``force_alias``.
 """
 
 from __future__ import annotations
@@ -22,23 +27,35 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
+import requests
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from attnunet.pipelines.tracking.store import (
+    OFFLINE_HTTP_LIMITS,
+    beside_the_database,
+    bounded_requests,
+    check_tracking_server,
+    resolve_tracking_uri,
+    schema_created_once,
+    tracking_uri_set_to,
+)
+
 __all__ = [
     "CONFIG_ARTIFACT",
+    "KEY_METRIC",
     "MODEL_ARTIFACT",
     "RunTracker",
     "check_tracking_server",
@@ -51,86 +68,12 @@ logger = logging.getLogger(__name__)
 # Where a run keeps its resolved config and its model (attnunet.load_model reads the best checkpoint).
 CONFIG_ARTIFACT = "config/config.json"
 MODEL_ARTIFACT = "model"
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Return the tracking URI a run will use.
-
-    Args:
-        tracking_uri: an explicit URI (``http://host:5000``, ``sqlite:///path/mlflow.db``, ...); when
-            None, ``MLFLOW_TRACKING_URI`` if set, else MLflow's own default (``sqlite:///mlflow.db``
-            in the working directory).
-
-    Example:
-        >>> resolve_tracking_uri("sqlite:///runs.db")
-        'sqlite:///runs.db'
-    """
-    if tracking_uri:
-        return str(tracking_uri)
-    return mlflow.get_tracking_uri()
-
-
-def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast when the tracking store behind ``tracking_uri`` cannot be reached.
-
-    An ``http(s)`` URI must answer ``GET /health``; a ``sqlite`` URI needs an existing, writable
-    folder for its database file; any other store is asked for one experiment.
-
-    Raises:
-        ConnectionError: the store cannot be reached; the message names the URI and how to change it.
-    """
-    hint = "start the server, or set --tracking-uri / MLFLOW_TRACKING_URI to a reachable store"
-    if tracking_uri.startswith(("http://", "https://")):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                if response.status != 200:
-                    raise ConnectionError(
-                        f"MLflow tracking server {tracking_uri} answered {url} with HTTP "
-                        f"{response.status}; {hint}"
-                    )
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ConnectionError(
-                f"MLflow tracking server {tracking_uri} is not reachable ({reason}); {hint}"
-            ) from None
-        return
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///") :]).expanduser().resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ConnectionError(
-                f"MLflow tracking store {tracking_uri}: folder {folder} does not exist or is not writable; "
-                f"{hint}"
-            )
-        return
-    try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
-    except Exception as error:  # any backend error means "not usable"; report it as one line
-        raise ConnectionError(
-            f"MLflow tracking store {tracking_uri} is not usable ({error}); {hint}"
-        ) from None
-
-
-@contextlib.contextmanager
-def _tracking_uri_set_to(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for a while, then put back what was there.
-
-    ``mlflow.set_tracking_uri`` is process-global (it also sets ``MLFLOW_TRACKING_URI`` in the
-    environment); a library call must not leave it changed for the caller's later runs.
-    """
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def _beside_the_database(tracking_uri: str) -> str | None:
-    """``<database folder>/mlartifacts`` for a ``sqlite:///`` store, None (MLflow's choice) otherwise."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+# The metric whose best value decides whether a registered alias moves (the evaluator's key metric).
+KEY_METRIC = "val_mean_dice"
+# What a failing store raises: MLflow's own errors (HTTP and SQL ones are wrapped in them), requests' and
+# the file system's.
+STORE_ERRORS = (MlflowException, requests.RequestException, OSError)
+_T = TypeVar("_T")
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -169,6 +112,10 @@ def _tensor_signature(in_channels: int, out_channels: int, spatial_dims: int) ->
 class RunTracker:
     """One MLflow run of a training job: parameters, metrics, artifacts, model and registry.
 
+    Every call to the store is bounded (:func:`~attnunet.pipelines.tracking.store.bounded_requests`). The
+    first one that fails warns once and turns the tracker offline: later calls log nothing and return
+    None, so a training whose store went away still finishes with its checkpoints.
+
     Args:
         tracking_uri: the store (see :func:`resolve_tracking_uri`); checked with
             :func:`check_tracking_server` before anything is logged.
@@ -178,6 +125,12 @@ class RunTracker:
         artifact_location: artifact root of the experiment when this creates it (default: for a
             sqlite store, ``mlartifacts/`` beside the database file, not MLflow's ``./mlruns`` in
             whatever folder the run started from; else the store's own).
+        force_alias: :meth:`log_model` moves the alias to the new version even when its best
+            :data:`KEY_METRIC` does not beat the aliased version's.
+        kept_on_disk: where the run's records stay when the store fails (named in the warning).
+
+    Raises:
+        ConnectionError: the store cannot be reached, or fails while the run starts.
 
     Example:
         >>> tracker = RunTracker("sqlite:///mlflow.db", experiment="attnunet")  # doctest: +SKIP
@@ -194,51 +147,88 @@ class RunTracker:
         run_name: str | None = None,
         run_id: str | None = None,
         artifact_location: str | None = None,
+        force_alias: bool = False,
+        kept_on_disk: str | None = None,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         check_tracking_server(self.tracking_uri)
+        self.force_alias, self.kept_on_disk, self.offline = force_alias, kept_on_disk, False
         self._restore = contextlib.ExitStack()  # closed in end(): the caller's MLflow URI comes back
-        self._restore.enter_context(_tracking_uri_set_to(self.tracking_uri))
+        self._restore.enter_context(tracking_uri_set_to(self.tracking_uri))
         try:
-            self.client = MlflowClient(self.tracking_uri)
-            if run_id is None:
-                found = self.client.get_experiment_by_name(experiment)
-                experiment_id = (
-                    found.experiment_id
-                    if found is not None
-                    else self.client.create_experiment(
-                        experiment,
-                        artifact_location=artifact_location or _beside_the_database(self.tracking_uri),
-                    )
-                )
-                self.run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-            else:
-                self.run = mlflow.start_run(run_id=run_id)
+            with bounded_requests(), schema_created_once(self.tracking_uri):
+                self.client = MlflowClient(self.tracking_uri)  # a new sqlite store gets its tables here
+                self.run = self._start(experiment, run_name, run_id, artifact_location)
+        except STORE_ERRORS as error:
+            self._restore.close()
+            raise ConnectionError(
+                f"MLflow tracking store {self.tracking_uri} failed when the run started "
+                f"({_what_failed(error)}); check the store, or train with --no-track"
+            ) from None
         except BaseException:
             self._restore.close()
             raise
         self.run_id: str = self.run.info.run_id
 
+    def _start(
+        self, experiment: str, run_name: str | None, run_id: str | None, artifact_location: str | None
+    ) -> mlflow.ActiveRun:
+        if run_id is not None:
+            return mlflow.start_run(run_id=run_id)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            return mlflow.start_run(experiment_id=found.experiment_id, run_name=run_name)
+        location = artifact_location or beside_the_database(self.tracking_uri)
+        try:
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        except MlflowException as error:  # a run started at the same moment created it first
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+
+    def _call(self, doing: str, call: Callable[[], _T]) -> _T | None:
+        """``call()`` within the HTTP limits; None when offline, or when it fails (then warn, go offline)."""
+        if self.offline:
+            return None
+        try:
+            with bounded_requests():
+                return call()
+        except STORE_ERRORS as error:
+            self.offline = True
+            kept = f"; {self.kept_on_disk}" if self.kept_on_disk else ""
+            logger.warning(
+                "MLflow tracking store %s failed while %s (%s); the run goes on without MLflow and logs "
+                "nothing more to it%s",
+                self.tracking_uri, doing, _what_failed(error), kept,
+            )  # fmt: skip
+            return None
+
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Log ``config`` as parameters (flattened) and, whole, as the ``config/config.json`` artifact."""
-        params = flatten_params(config)
-        existing = self.client.get_run(self.run_id).data.params
-        # A resumed run keeps its parameters (MLflow refuses to change a logged value).
-        new = {key: value for key, value in params.items() if key not in existing}
-        if new:
-            mlflow.log_params(new)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / Path(CONFIG_ARTIFACT).name
-            path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
-            mlflow.log_artifact(str(path), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
+
+        def log() -> None:
+            params = flatten_params(config)
+            existing = self.client.get_run(self.run_id).data.params
+            # A resumed run keeps its parameters (MLflow refuses to change a logged value).
+            new = {key: value for key, value in params.items() if key not in existing}
+            if new:
+                mlflow.log_params(new)
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / Path(CONFIG_ARTIFACT).name
+                path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+                mlflow.log_artifact(str(path), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
+
+        self._call("logging the config", log)
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log scalar metrics at ``step`` (the epoch)."""
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+        values = {key: float(value) for key, value in metrics.items()}
+        self._call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path``)."""
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def log_model(
         self,
@@ -250,7 +240,7 @@ class RunTracker:
         example_size: tuple[int, ...],
         register: str | None = None,
         alias: str | None = None,
-    ) -> str:
+    ) -> str | None:
         """Log ``model`` with a free-shape signature and an input example; optionally register it.
 
         Args:
@@ -258,31 +248,94 @@ class RunTracker:
             in_channels, out_channels, spatial_dims: the network's interface, for the signature.
             example_size: spatial size of the stored input example (keep it small).
             register: registered model name; None logs without registering.
-            alias: alias given to the new version (e.g. ``"champion"``); needs ``register``.
+            alias: alias for the new version (e.g. ``"champion"``); needs ``register``. It moves only when
+                the new version beats the one holding it (see :meth:`_place_alias`), which is logged.
 
         Returns:
-            the URI to load the model from: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, or the
-            logged model's URI when not registered.
+            the URI to load the model from: ``models:/NAME@ALIAS`` when the alias is on the new version,
+            ``models:/NAME/VERSION``, or the logged model's URI when not registered; None when the
+            store has failed (offline).
         """
         model = model.to("cpu").eval()
         example = np.zeros((1, in_channels, *example_size), dtype=np.float32)
-        info = mlflow.pytorch.log_model(
-            model,
-            name=MODEL_ARTIFACT,
-            signature=_tensor_signature(in_channels, out_channels, spatial_dims),
-            input_example=example,
-            serialization_format="pickle",
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "monai", "attnunet"],
-        )
-        if register is None:
-            return info.model_uri
-        version = mlflow.register_model(info.model_uri, register)
-        if alias:
-            self.client.set_registered_model_alias(register, alias, version.version)
-            return f"models:/{register}@{alias}"
-        return f"models:/{register}/{version.version}"
+
+        def log() -> str:
+            info = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_ARTIFACT,
+                signature=_tensor_signature(in_channels, out_channels, spatial_dims),
+                input_example=example,
+                serialization_format="pickle",
+                pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "monai", "attnunet"],
+            )
+            if register is None:
+                return info.model_uri
+            version = mlflow.register_model(info.model_uri, register).version
+            if alias and self._place_alias(register, alias, str(version)):
+                return f"models:/{register}@{alias}"
+            return f"models:/{register}/{version}"
+
+        return self._call("logging the model", log)
+
+    def _best(self, run_id: str) -> float | None:
+        """The best (largest) :data:`KEY_METRIC` ``run_id`` logged, None when it logged none."""
+        return max((m.value for m in self.client.get_metric_history(run_id, KEY_METRIC)), default=None)
+
+    def _place_alias(self, name: str, alias: str, version: str) -> bool:
+        """Give ``alias`` to ``version`` when no version holds it, when the version holding it has no
+        logged :data:`KEY_METRIC`, when this run's best beats that one's, or when ``force_alias``; log
+        which, and return whether the alias is on ``version`` now."""
+        held_version = self.client.get_registered_model(name).aliases.get(alias)
+        held = self.client.get_model_version(name, held_version) if held_version is not None else None
+        new = self._best(self.run_id)
+        old = self._best(held.run_id) if held is not None else None
+        shown = f"{KEY_METRIC} {_shown(new)}"
+        if held is not None and old is not None and not self.force_alias and (new is None or new <= old):
+            logger.info(
+                "alias %r of %s stays on version %s (best %s %s): version %s reached %s, which does not "
+                "beat it; pass --force-alias to move it",
+                alias, name, held.version, KEY_METRIC, _shown(old), version, shown,
+            )  # fmt: skip
+            return False
+        if held is None:
+            why = "no version held it"
+        elif old is None:
+            why = f"version {held.version} logged no {KEY_METRIC}"
+        elif self.force_alias and (new is None or new <= old):
+            why = f"--force-alias, although version {held.version} had {_shown(old)}"
+        else:
+            why = f"it beats version {held.version}'s {_shown(old)}"
+        self.client.set_registered_model_alias(name, alias, version)
+        logger.info("alias %r of %s moved to version %s (best %s): %s", alias, name, version, shown, why)
+        return True
 
     def end(self, status: str = "FINISHED") -> None:
-        """End the run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
-        mlflow.end_run(status=status)
-        self._restore.close()
+        """End the run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``) and give the caller's MLflow
+        URI back; offline, only MLflow's active run is cleared (one short try)."""
+        try:
+            if not self.offline:
+                self._call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
+            if mlflow.active_run() is not None:  # offline: MLflow drops the active run before its call
+                with bounded_requests(OFFLINE_HTTP_LIMITS), contextlib.suppress(*STORE_ERRORS):
+                    mlflow.end_run(status=status)
+        finally:
+            self._restore.close()
+
+
+# The part of a failed HTTP call's message that says what happened ("[Errno 111] Connection refused",
+# "Read timed out. (read timeout=10)"); MLflow's message wraps it in two URLs and urllib3's retry report.
+_CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")]+|(?:Read|Connect) timed out\. \(\w+ timeout=[\d.]+\)")
+
+
+def _what_failed(error: BaseException) -> str:
+    """What went wrong, in one line: the cause of a failed HTTP call, else the message's first line cut to
+    200 characters (MLflow's run over many lines)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    cause = _CAUSE.search(text)
+    if cause is not None:
+        return cause.group(0).strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _shown(value: float | None) -> str:
+    return "none logged" if value is None else f"{value:.4f}"
