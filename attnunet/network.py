@@ -74,9 +74,15 @@ class AttentionUNet(nn.Module):
             document, default) or ``"deconv"`` (transposed convolution).
         zero_init_attention: initialise each non-local block's output projection ``W`` to zero, so the
             block starts as the identity on its projected input (Wang et al.). Defaults to False.
+        deep_supervision: add a 1x1 head to every decoder stage but the last; in training mode (with
+            autograd) the forward then returns a list of logits, full resolution first, then 1/2, 1/4 ...
+            (each cropped to the input's size at its scale), for ``monai.losses.DeepSupervisionLoss``.
+            Eval mode returns the full-resolution logits alone, as without it. Defaults to False (the
+            document has none; the training recipe turns it on, benchmarks/README.md).
 
     Shapes:
-        input ``(B, in_channels, *spatial)`` -> output ``(B, out_channels, *spatial)``.
+        input ``(B, in_channels, *spatial)`` -> output ``(B, out_channels, *spatial)`` (with
+        ``deep_supervision`` in training mode, a list of such tensors at decreasing resolutions).
 
     Example::
 
@@ -100,6 +106,7 @@ class AttentionUNet(nn.Module):
         dropout: float = 0.0,
         upsample: str = "nontrainable",
         zero_init_attention: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -152,6 +159,13 @@ class AttentionUNet(nn.Module):
             for level in range(depth, 0, -1)
         )
         self.head = Convolution(spatial_dims, features[0], out_channels, kernel_size=1, conv_only=True)
+        # supervision_heads[j] reads decoder[j]'s output (1/2**(depth - j - 1) resolution); empty without
+        # deep supervision, so the parameters of a network without it are unchanged
+        self.supervision_heads = nn.ModuleList(
+            Convolution(spatial_dims, features[level - 1], out_channels, kernel_size=1, conv_only=True)
+            for level in range(depth, 1, -1)
+            if deep_supervision
+        )
         # The CPU inference path (see forward) needs batch norm, which it folds into the convolutions;
         # instance and group norm need statistics of each input and would copy channels-last tensors back.
         self.has_inference_path = split_args(norm)[0].lower() == "batch"
@@ -174,7 +188,7 @@ class AttentionUNet(nn.Module):
         and at least ``2**(depth + 1)``."""
         return [max((s + self.multiple - 1) // self.multiple, 2) * self.multiple for s in spatial]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):  # a tensor, or a list of them (see ``deep_supervision``)
         self.check_input_shape(list(x.shape))
         spatial = list(x.shape[2:])
         padded = self.padded_size(spatial)
@@ -189,15 +203,34 @@ class AttentionUNet(nn.Module):
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self.has_inference_path and inference_path_applies(self, x):
                 return self._crop(self._forward_inference(x), spatial, padded).contiguous()
+            if len(self.supervision_heads) and self.training and torch.is_grad_enabled():
+                return self._forward_supervised(x, spatial)
+        h, skips = self._encode(x)
+        for stage in self.decoder:
+            h = stage(h, skips)  # pops the skip it uses
+        return self._crop(self.head(h), spatial, padded)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The bottom block's output and the skips, finest first."""
         h = self.stem(x)
         skips: list[torch.Tensor] = []
         for down in self.encoder:
             skips.append(h)
             h = down(h)
-        h = self.bottom(h)
-        for stage in self.decoder:
-            h = stage(h, skips)  # pops the skip it uses
-        return self._crop(self.head(h), spatial, padded)
+        return self.bottom(h), skips
+
+    def _forward_supervised(self, x: torch.Tensor, spatial: list[int]) -> list[torch.Tensor]:
+        """``forward`` with deep supervision in training: the full-resolution logits, then each
+        supervised decoder stage's, finest first, each cropped to ``ceil(spatial / scale)``."""
+        h, skips = self._encode(x)
+        coarse: list[torch.Tensor] = []
+        for j, stage in enumerate(self.decoder):
+            h = stage(h, skips)
+            if j < len(self.supervision_heads):
+                scale = 2 ** (self.depth - j - 1)
+                logits = self.supervision_heads[j](h)
+                coarse.append(self._crop(logits, [-(-s // scale) for s in spatial], list(logits.shape[2:])))
+        return [self._crop(self.head(h), spatial, list(h.shape[2:])), *reversed(coarse)]
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` before cropping, on the inference path: the same modules and parameters through

@@ -13,6 +13,8 @@ Run (the figures in README.md)::
     python benchmarks/class_collapse.py --seed 2
     python benchmarks/class_collapse.py --seed 2 --kwargs '{"upsample": "deconv"}'
     python benchmarks/class_collapse.py --network monai_unet --steps 200
+    python benchmarks/class_collapse.py --roi-size 40 56 40 --steps 60 --every 20 --seed 2 \
+        --kwargs '{"depth": 3, "attention_levels": [2, 3], "deep_supervision": true}'
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 
 import torch
 from monai.data import DataLoader, Dataset
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
@@ -86,7 +88,8 @@ def main() -> None:
     loader = DataLoader(Dataset(cases, chain), batch_size=2, shuffle=True)
     validation = list(Dataset(cases, build_transforms("mr", "val")))
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    # the training pipeline's loss: one tensor as is, a deeply supervised network's list weighted 1, 1/2 ...
+    loss_function = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
     started, step = time.perf_counter(), 0
     while step < args.steps:
         for batch in loader:

@@ -19,10 +19,12 @@ two convolutions per stage in the encoder and the decoder).
 
 Times: one process builds every model and runs them in turn (A, B, C, D, A, B, ...) for
 ``--iterations`` rounds after one warm-up round, and reports each model's median. Interleaving keeps
-the ratios fair on a shared machine, where a slow spell would otherwise hit one model only.
+the ratios fair on a shared machine, where a slow spell would otherwise hit one model only; the time
+ratio is the median over the rounds of the ratio within each round, so a spell of load that spans a
+round or two moves it less than it moves the medians of the times.
 Memory: the ``forward`` part again in one fresh process per model (a warm-up and one measured forward),
 whose peak resident set size (``ru_maxrss``: the whole process, Python, torch and MONAI included) is
-that model's alone.
+that model's alone; these processes run side by side, before the timed one.
 
 Run::
 
@@ -34,6 +36,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -41,7 +44,7 @@ import statistics
 import sys
 import time
 
-from harness import peak_rss_gb, print_rows, ratio, run_worker, write_json
+from harness import peak_rss_gb, print_rows, run_worker, write_json
 
 # label -> attnunet.networks registry name
 MODELS = {
@@ -160,6 +163,14 @@ def memory_worker(size: dict, label: str, threads: int) -> dict:
     }
 
 
+def round_ratio(row: dict, reference: dict | None, part: str) -> str:
+    """Median over the rounds of ``row``'s time over ``reference``'s time in the same round."""
+    if reference is None:
+        return "-"
+    pairs = zip(row["seconds_all"][part], reference["seconds_all"][part], strict=True)
+    return f"{statistics.median(mine / theirs for mine, theirs in pairs):.2f}"
+
+
 def print_tables(rows: list[dict], sizes: dict, steps_per_epoch: int) -> None:
     def shape(values: tuple[int, ...]) -> str:
         return "x".join(map(str, values))
@@ -179,7 +190,7 @@ def print_tables(rows: list[dict], sizes: dict, steps_per_epoch: int) -> None:
         rows,
         {
             "s / step": seconds("train"),
-            "time ratio": lambda row, reference: ratio(row, reference, "train"),
+            "time ratio": lambda row, reference: round_ratio(row, reference, "train"),
             f"min / epoch ({steps_per_epoch} steps)": seconds("train", steps_per_epoch / 60, 1),
         },
     )
@@ -195,7 +206,7 @@ def print_tables(rows: list[dict], sizes: dict, steps_per_epoch: int) -> None:
         rows,
         {
             "s / volume": seconds("sliding"),
-            "time ratio": lambda row, reference: ratio(row, reference, "sliding"),
+            "time ratio": lambda row, reference: round_ratio(row, reference, "sliding"),
         },
     )
     print(
@@ -207,7 +218,7 @@ def print_tables(rows: list[dict], sizes: dict, steps_per_epoch: int) -> None:
         {
             "params (M)": lambda row, _: f"{row['params_m']:.2f}",
             "time (s)": seconds("forward"),
-            "time ratio": lambda row, reference: ratio(row, reference, "forward"),
+            "time ratio": lambda row, reference: round_ratio(row, reference, "forward"),
             "peak RSS (GB)": seconds("peak_rss_gb"),
         },
     )
@@ -241,10 +252,16 @@ def main(argv: list[str] | None = None) -> int:
 
     start_load = os.getloadavg()
     common = ["--threads", str(args.threads), "--iterations", str(iterations)] + ["--quick"] * args.quick
+    # The memory workers run side by side (each process's peak RSS is its own, whatever runs beside it),
+    # then the time worker alone, so nothing else competes for the cores it is timed on.
+    with concurrent.futures.ThreadPoolExecutor(len(args.models)) as pool:
+        memory = list(
+            pool.map(lambda label: run_worker(__file__, ["--memory-worker", label, *common]), args.models)
+        )
     times = run_worker(__file__, ["--time-worker", "--models", *args.models, *common])
     rows = []
-    for label in args.models:
-        row = {"model": label, **run_worker(__file__, ["--memory-worker", label, *common])}
+    for label, measured in zip(args.models, memory, strict=True):
+        row = {"model": label, **measured}
         if "error" in times:
             row.setdefault("error", times["error"])
         elif "error" not in row:

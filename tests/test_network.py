@@ -260,6 +260,36 @@ def test_scripted_network_matches_eager():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("spatial_dims, size", [(2, (20, 13)), (3, (20, 17, 9))])
+def test_deep_supervision_gives_every_scale_in_training_and_one_output_in_eval(spatial_dims, size):
+    """Training: full resolution, then 1/2 and 1/4 of the input (rounded up), each from its own head,
+    so MONAI's DeepSupervisionLoss trains every head; eval and no-grad: the full-resolution logits
+    alone, the same as the network's own head gives."""
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    torch.manual_seed(0)
+    net = AttentionUNet(spatial_dims, 1, 3, init_features=4, depth=3, deep_supervision=True)
+    assert len(net.supervision_heads) == 2
+    x = torch.randn(2, 1, *size)
+    outputs = net(x)
+    assert [tuple(o.shape[2:]) for o in outputs] == [
+        size,
+        tuple(-(-s // 2) for s in size),
+        tuple(-(-s // 4) for s in size),
+    ]
+    label = torch.randint(0, 3, (2, 1, *size)).float()
+    DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))(outputs, label).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.supervision_heads.parameters())
+    with torch.no_grad():
+        assert isinstance(net(x), torch.Tensor)  # no grad: one output
+    net.eval()
+    assert net(x).shape == (2, 3, *size)
+    plain = AttentionUNet(spatial_dims, 1, 3, init_features=4, depth=3)
+    assert set(net.state_dict()) - set(plain.state_dict()) == {
+        f"supervision_heads.{j}.conv.{name}" for j in (0, 1) for name in ("weight", "bias")
+    }  # a network without deep supervision keeps its parameters
+
+
 def test_checkpoint_layout_is_unchanged():
     """Parameter names and shapes are those of saved checkpoints (MONAI's TwoConv/Down/Convolution)."""
     state = AttentionUNet(3, 1, 2, **SMALL).state_dict()

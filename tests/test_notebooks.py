@@ -3,7 +3,9 @@
 Each runs with nbclient in the ``python3`` kernel (ipykernel in this venv), in a temporary working
 directory (nothing is written into the repository; the committed ``.ipynb`` files are not modified) and
 without ``MLFLOW_TRACKING_URI``, so the tracking notebook uses a sqlite store in that directory.
-``OMP_NUM_THREADS=1`` keeps the kernel's tiny CPU training from oversubscribing the cores.
+``OMP_NUM_THREADS=1`` keeps the kernel's tiny CPU training from oversubscribing the cores, and
+``ATTNUNET_NOTEBOOK_EPOCHS`` cuts the training notebooks to a few epochs: what is checked is that every
+cell runs and draws, not how well the model learns.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def test_notebook_runs(name, tmp_path):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_NUM_THREADS"] = "1"
+    env["ATTNUNET_NOTEBOOK_EPOCHS"] = "3"
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )

@@ -71,6 +71,7 @@ def test_isotropic_mr_plan(tmp_path):
     assert plan["depth"] == 2 and plan["network_kwargs"] == {
         "depth": 2,
         "init_features": 16,
+        "deep_supervision": True,  # the recipe's (benchmarks/README.md)
         "attention_levels": [2],  # on a CPU, not at 1/2 resolution
     }
     assert plan["roi_size"] == [36, 44, 24]  # the median shape rounded up to multiples of 2**2

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from attnunet.transforms.dicom_seg_read import find_source_series, is_dicom_seg
 from attnunet.transforms.dicom_series import check_dicom_series
+from attnunet.transforms.formats import file_format
 from attnunet.transforms.loading import LoadDicomSeg
 from attnunet.transforms.readers import sitk_affine
 
@@ -42,13 +43,7 @@ __all__ = [
     "loader_for",
     "grayscale",
     "binary_mask",
-    "IMAGE2D_SUFFIXES",
-    "NIFTI_SUFFIXES",
 ]
-
-# 2D formats, read by PIL (MONAI's PILReader in the "image2d" preset); GIF for DRIVE's masks
-IMAGE2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -180,7 +175,7 @@ def loader_for(
     formats, the only reader tried (MONAI picks none for TIFF or GIF by itself; a ``mask`` is read as
     one grayscale channel); a DICOM SEG onto the series found beside it
     (:class:`~attnunet.transforms.loading.LoadDicomSeg`); MONAI's choice by suffix otherwise."""
-    if str(path).lower().endswith(IMAGE2D_SUFFIXES):
+    if getattr(file_format(path), "picture", False):
         reader = PILReader(converter=grayscale) if mask else PILReader()
         # Given at call time, the reader is the only one tried: no other reader's guess replaces its error.
         return functools.partial(
@@ -225,9 +220,10 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
         return _dicom_series_header(path)  # SimpleITK's errors are reported per file by _file_information
     if is_dicom_seg(path):
         return _dicom_seg_header(path)
-    if not name.endswith(NIFTI_SUFFIXES + IMAGE2D_SUFFIXES):
+    header = getattr(file_format(name), "header", "simpleitk")  # SimpleITK names what it cannot read
+    if header == "simpleitk":
         return _sitk_header(path)
     try:
-        return _nifti_header(path) if name.endswith(NIFTI_SUFFIXES) else _pil_header(path)
+        return _nifti_header(path) if header == "nibabel" else _pil_header(path)
     except (ImageFileError, UnidentifiedImageError, OSError, EOFError, ValueError) as error:
         raise ValueError(_unreadable(path, error)) from None

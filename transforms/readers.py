@@ -27,14 +27,13 @@ from monai.transforms.io.array import SUPPORTED_READERS
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple, optional_import
 
 from attnunet.transforms.dicom_series import check_dicom_series
+from attnunet.transforms.formats import SIMPLEITK_SUFFIXES
 
 # SimpleITK (NRRD, MHA, DICOM series) is optional where only NIfTI and 2D files are read, e.g. the
 # GPU check: its first use raises an error saying to install it.
 sitk, _ = optional_import("SimpleITK")
 
-__all__ = ["SimpleITKReader", "sitk_affine", "SIMPLEITK_SUFFIXES"]
-
-SIMPLEITK_SUFFIXES = ("nii", "nii.gz", "nrrd", "nhdr", "mha", "mhd")
+__all__ = ["SimpleITKReader", "sitk_affine"]
 
 
 class SimpleITKReader(ImageReader):
@@ -77,7 +76,8 @@ class SimpleITKReader(ImageReader):
         self.affine_lps_to_ras = affine_lps_to_ras
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        """True for folders (DICOM series) and files ending in one of :data:`SIMPLEITK_SUFFIXES`."""
+        """True for folders (DICOM series) and volume files of the format table
+        (:data:`~attnunet.transforms.formats.SIMPLEITK_SUFFIXES`)."""
         names = ensure_tuple(filename)
         return all(Path(name).is_dir() or is_supported_format(name, SIMPLEITK_SUFFIXES) for name in names)
 

@@ -39,11 +39,12 @@ import numpy as np
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.utils import look_up_option
 
-from attnunet.pipelines.data.files import IMAGE_SUFFIXES, case_name, match_by_leading_token
+from attnunet.pipelines.data.files import case_name, match_by_leading_token
 from attnunet.pipelines.data.label_classes import classes_from_labels
 from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.transforms.dicom_series import subfolders
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES, read_header
+from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
+from attnunet.transforms.headers import read_header
 
 __all__ = [
     "DatasetIndex",

@@ -12,19 +12,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES  # the one table of 2D formats
+from attnunet.transforms.formats import IMAGE_SUFFIXES  # the one table of formats
 
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "IMAGE2D_SUFFIXES",
     "case_name",
     "match_by_leading_token",
     "list_images",
     "innermost_cause",
 ]
-
-# Volume formats read by nibabel or SimpleITK; longest first so ".nii.gz" wins over ".gz".
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def case_name(path: str | os.PathLike) -> str:

@@ -17,7 +17,8 @@ import nibabel as nib
 import numpy as np
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader: DICOM folders, NRRD, MHA)
-from attnunet.transforms.headers import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, ImageHeader, loader_for, read_header
+from attnunet.transforms.formats import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES
+from attnunet.transforms.headers import ImageHeader, loader_for, read_header
 
 __all__ = ["DataValidationError", "validate_items"]
 

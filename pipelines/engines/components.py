@@ -13,7 +13,7 @@ from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer, default_prepare_batch
 from monai.handlers import IgniteMetricHandler, MeanDice
 from monai.inferers import SimpleInferer, SlidingWindowInferer
-from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, DiceLoss
 from monai.utils import convert_to_tensor, look_up_option
 
 from attnunet.pipelines.engines.config import LOSSES, SCHEDULERS
@@ -40,9 +40,13 @@ def create_loss(name: str, out_channels: int) -> torch.nn.Module:
 
     ``"auto"`` is ``DiceCELoss`` for one output per class and ``BCEWithLogitsLoss`` (the document's
     loss) for one binary output; ``"bce"`` needs that one output, the Dice losses need one per class.
+    It is wrapped in MONAI's ``DeepSupervisionLoss``, which scores one tensor as the loss itself and
+    the list a deeply supervised network gives in training (``AttentionUNet(deep_supervision=True)``,
+    full resolution first) as the sum over its scales weighted 1, 1/2, 1/4 ..., the labels resized to
+    each scale by nearest neighbour.
 
     Example:
-        >>> type(create_loss("auto", 3)).__name__, type(create_loss("auto", 1)).__name__
+        >>> type(create_loss("auto", 3).loss).__name__, type(create_loss("auto", 1).loss).__name__
         ('DiceCELoss', 'BCEWithLogitsLoss')
     """
     name = look_up_option(name, LOSSES)
@@ -53,7 +57,8 @@ def create_loss(name: str, out_channels: int) -> torch.nn.Module:
             f"loss {name!r} does not fit out_channels={out_channels}: 'bce' is for one binary output, "
             f"{sorted(_SOFTMAX_LOSSES)} for one output per class"
         )
-    return torch.nn.BCEWithLogitsLoss() if name == "bce" else _SOFTMAX_LOSSES[name]()
+    loss = torch.nn.BCEWithLogitsLoss() if name == "bce" else _SOFTMAX_LOSSES[name]()
+    return DeepSupervisionLoss(loss, weight_mode="exp")
 
 
 def create_optimizer(

@@ -40,8 +40,6 @@ from tqdm import tqdm
 import attnunet.transforms.readers  # noqa: F401  (registers SimpleITKReader: NRRD/MHA labels load too)
 from attnunet.atomic import refuse_existing
 from attnunet.pipelines.data.files import (
-    IMAGE2D_SUFFIXES,
-    IMAGE_SUFFIXES,
     case_name,
     innermost_cause,
     list_images,
@@ -53,6 +51,7 @@ from attnunet.pipelines.evaluation.reports import (
     summarise,
     write_reports,
 )
+from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
 from attnunet.transforms.headers import binary_mask, loader_for
 
 __all__ = ["METRICS", "evaluate"]

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnunet.pipelines.data.files import IMAGE_SUFFIXES, case_name, list_images
+from attnunet.pipelines.data.files import case_name, list_images
 from attnunet.transforms.dicom_series import check_dicom_series, list_dicom_series
+from attnunet.transforms.formats import IMAGE_SUFFIXES
 
 __all__ = ["InferenceCase", "discover_inputs"]
 

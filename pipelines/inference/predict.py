@@ -46,13 +46,14 @@ from tqdm import tqdm
 
 from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.models import load_model
-from attnunet.pipelines.data.files import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES, innermost_cause
+from attnunet.pipelines.data.files import innermost_cause
 from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.inference.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs
 from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
+from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader
 

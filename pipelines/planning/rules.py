@@ -140,9 +140,12 @@ def sliding_window_batch(per_sample: float, budget: float) -> int:
 
 
 def network_kwargs(depth: int, init_features: int, device: str) -> dict[str, Any]:
-    """Depth and width, and on a CPU no non-local attention at 1/2 resolution: there it costs more
-    than the rest of the network (benchmarks/README.md); the coarser levels keep it."""
-    kwargs: dict[str, Any] = {"depth": depth, "init_features": init_features}
+    """Depth and width, deep supervision, and on a CPU no non-local attention at 1/2 resolution:
+    there it costs more than the rest of the network (benchmarks/README.md); the coarser levels keep
+    it. Deep supervision: on real MR (MSD Hippocampus) the second foreground class is learnt late,
+    and supervising the coarse decoder stages directly learns both in about half the steps
+    (benchmarks/README.md, issue 10)."""
+    kwargs: dict[str, Any] = {"depth": depth, "init_features": init_features, "deep_supervision": depth > 1}
     if not device.startswith("cuda") and depth > 1:
         kwargs["attention_levels"] = list(range(2, depth + 1))
     return kwargs
