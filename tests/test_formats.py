@@ -29,7 +29,13 @@ def test_every_suffix_belongs_to_one_format_and_one_list():
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("a.nii.gz", "NIfTI"), ("A.NII", "NIfTI"), ("b.nhdr", "NRRD"), ("c.MHA", "MetaImage"), ("d.tiff", "TIFF")],
+    [
+        ("a.nii.gz", "NIfTI"),
+        ("A.NII", "NIfTI"),
+        ("b.nhdr", "NRRD"),
+        ("c.MHA", "MetaImage"),
+        ("d.tiff", "TIFF"),
+    ],
 )
 def test_file_format_by_suffix_in_any_case(name, expected):
     assert file_format(name).name == expected
