@@ -10,6 +10,7 @@ CT preset at each image's own spacing, 16^3 windows, 3 classes.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from attnunet.pipelines.demo.data import write_demo_dataset
+
+# Under pytest-xdist (README's `-n auto`) each worker takes its share of the cores, for its own torch
+# and for the processes its tests start (OMP_NUM_THREADS): workers that each used every core would
+# oversubscribe the machine and run slower together than one after the other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 if TYPE_CHECKING:  # imported by the fixture itself: the engines pull in MLflow, which most tests never use
     from attnunet.pipelines.engines import TrainConfig

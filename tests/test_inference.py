@@ -201,24 +201,12 @@ def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
 
 
 def test_models_uri_equals_checkpoint(checkpoint, tmp_path):
-    from attnunet.checkpoints import model_from_checkpoint
     from attnunet.pipelines.tracking.mlflow_runs import RunTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model, _ = model_from_checkpoint(checkpoint)
     tracker = RunTracker(uri, experiment="inference-test")
     tracker.log_config(CONFIG)
-    best = shutil.copy(checkpoint, tmp_path / "best.pt")
-    tracker.log_artifact(best, artifact_path="checkpoints")  # what 'attnunet train' logs
-    model_uri = tracker.log_model(
-        model,
-        in_channels=1,
-        out_channels=3,
-        spatial_dims=3,
-        example_size=(16, 16, 16),
-        register="tiny",
-        alias="champion",
-    )
+    model_uri = tracker.log_model(checkpoint, register="tiny", alias="champion")  # as 'attnunet train' does
     tracker.end()
     assert model_uri == "models:/tiny@champion"
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=3), oblique_affine())

@@ -190,7 +190,9 @@ def test_bounded_requests_sets_the_limits_for_the_call_only(monkeypatch):
 
 
 @pytest.mark.parametrize("outage", ["stop", "pause"])  # a crashed server; a hung one (port open, no answer)
-def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(tmp_path, caplog, outage):
+def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(
+    tmp_path, caplog, outage, tiny_checkpoint
+):
     with MlflowServer(tmp_path / "server") as server:
         tracker = RunTracker(server.url, experiment="outage", kept_on_disk="the records are in run/")
         tracker.log_metrics({"val_mean_dice": 0.5}, step=1)
@@ -200,13 +202,7 @@ def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(tmp_p
             tracker.log_metrics({"val_mean_dice": 0.6}, step=2)
             tracker.log_metrics({"val_mean_dice": 0.7}, step=3)
             tracker.log_artifact(tmp_path / "server" / "server.log", artifact_path="logs")
-            model_uri = tracker.log_model(
-                torch.nn.Conv3d(1, 2, 1),
-                in_channels=1,
-                out_channels=2,
-                spatial_dims=3,
-                example_size=(4, 4, 4),
-            )
+            model_uri = tracker.log_model(tiny_checkpoint, register="outage")
             tracker.end("FINISHED")
         waited = time.monotonic() - started  # MLflow's defaults: ~8.5 min refused, 7 x 120 s hung
         assert waited < 60, waited
@@ -307,20 +303,19 @@ def test_runs_started_together_on_a_new_sqlite_store_all_start(tmp_path):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def _tracked_model(uri: str, experiment: str, dice: list[float], **options) -> tuple[RunTracker, str]:
+def _tracked_model(
+    uri: str, experiment: str, dice: list[float], checkpoint: Path, **options
+) -> tuple[RunTracker, str]:
     """A run that logged ``dice`` as its val_mean_dice history and registered a model as alias-test."""
     tracker = RunTracker(uri, experiment=experiment, **options)
     for step, value in enumerate(dice, start=1):
         tracker.log_metrics({"val_mean_dice": value}, step=step)
-    model_uri = tracker.log_model(
-        torch.nn.Conv3d(1, 2, 1), in_channels=1, out_channels=2, spatial_dims=3, example_size=(4, 4, 4),
-        register="alias-test", alias="champion",
-    )  # fmt: skip
+    model_uri = tracker.log_model(checkpoint, register="alias-test", alias="champion")
     tracker.end()
     return tracker, model_uri
 
 
-def test_alias_moves_only_to_a_better_version_unless_forced(mlflow_server, caplog):  # noqa: F811
+def test_alias_moves_only_to_a_better_version_unless_forced(mlflow_server, caplog, tiny_checkpoint):  # noqa: F811
     client = MlflowClient(mlflow_server)
     steps = [  # (val_mean_dice history, force_alias, version holding the alias after, what the log says)
         ([0.5, 0.7], False, "1", "moved to version 1 (best val_mean_dice 0.7000): no version held it"),
@@ -336,7 +331,7 @@ def test_alias_moves_only_to_a_better_version_unless_forced(mlflow_server, caplo
     for version, (dice, force, holder, said) in enumerate(steps, start=1):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger=TRACKER_LOGGER):
-            _, model_uri = _tracked_model(mlflow_server, "alias", dice, force_alias=force)
+            _, model_uri = _tracked_model(mlflow_server, "alias", dice, tiny_checkpoint, force_alias=force)
         assert f"alias 'champion' of alias-test {said}" in caplog.text
         assert model_uri == (
             "models:/alias-test@champion" if holder == str(version) else f"models:/alias-test/{version}"

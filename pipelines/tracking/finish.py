@@ -12,7 +12,7 @@ from attnunet.checkpoints import model_from_checkpoint
 from attnunet.pipelines.engines.config import TrainConfig, TrainResult
 from attnunet.pipelines.evaluation.overlays import save_overlay
 from attnunet.pipelines.tracking.mlflow_runs import RunTracker
-from attnunet.pipelines.tracking.serving import label_maps, log_segmentation_model
+from attnunet.pipelines.tracking.serving import label_maps
 
 __all__ = ["finish_run"]
 
@@ -34,16 +34,8 @@ def finish_run(result: TrainResult, tracker: RunTracker, sample: dict[str, Any],
         title=f"validation case, best epoch {result.best_epoch} (mean Dice {result.best_metric:.3f})",
     )
     tracker.log_artifact(overlay, artifact_path="overlays")
-    # In the tracker's active run (MLflow's fluent API logs there), under the tracker's rules: a failing
-    # store is warned about once and not asked again; the alias moves only to a better run (or forced).
-    result.model_uri = tracker._call(
-        "logging the model",
-        lambda: log_segmentation_model(
-            result.best_checkpoint,
-            register=config.register,
-            alias=config.alias,
-            place_alias=tracker._place_alias,
-        ),
-    )
+    # Under the tracker's rules: a failing store is warned about once and not asked again; the alias
+    # moves only to a better run (or forced).
+    result.model_uri = tracker.log_model(result.best_checkpoint, register=config.register, alias=config.alias)
     result.run_id, result.tracking_uri = tracker.run_id, tracker.tracking_uri
     tracker.end("FINISHED")

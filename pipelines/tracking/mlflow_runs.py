@@ -12,11 +12,6 @@ the training: the tracker warns once, naming where the run's records are kept on
 nothing more in this run (each call is bounded by
 :func:`~attnunet.pipelines.tracking.store.bounded_requests`).
 
-Models are logged with ``serialization_format="pickle"``: MLflow 3's default ``pt2`` format runs
-``torch.export`` on the input example and specialises the graph to its shape (a batch-1 example
-rejects ``sw_batch_size=4``; a 64^3 example rejects another window size). The pickled eager model
-accepts any batch and spatial size, like the checkpoint it came from.
-
 A registered model's alias (``champion``) moves to a new version only when that version's run has a
 better best :data:`KEY_METRIC` than the run of the version holding it, unless ``force_alias``.
 """
@@ -34,15 +29,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-import numpy as np
 import requests
-import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from attnunet.pipelines.tracking.serving import log_segmentation_model
 from attnunet.pipelines.tracking.store import (
     OFFLINE_HTTP_LIMITS,
     beside_the_database,
@@ -98,15 +90,6 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
             continue
         params[name] = text
     return params
-
-
-def _tensor_signature(in_channels: int, out_channels: int, spatial_dims: int) -> ModelSignature:
-    """A signature with free batch and spatial sizes: (-1, C, -1, ...) float32 in and out."""
-    free = (-1,) * spatial_dims
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, *free))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_channels, *free))]),
-    )
 
 
 class RunTracker:
@@ -187,7 +170,7 @@ class RunTracker:
             experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
 
-    def _call(self, doing: str, call: Callable[[], _T]) -> _T | None:
+    def call(self, doing: str, call: Callable[[], _T]) -> _T | None:
         """``call()`` within the HTTP limits; None when offline, or when it fails (then warn, go offline)."""
         if self.offline:
             return None
@@ -219,69 +202,41 @@ class RunTracker:
                 path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
                 mlflow.log_artifact(str(path), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
 
-        self._call("logging the config", log)
+        self.call("logging the config", log)
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log scalar metrics at ``step`` (the epoch)."""
         values = {key: float(value) for key, value in metrics.items()}
-        self._call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
+        self.call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path``)."""
-        self._call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
+        self.call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def log_model(
-        self,
-        model: torch.nn.Module,
-        *,
-        in_channels: int,
-        out_channels: int,
-        spatial_dims: int,
-        example_size: tuple[int, ...],
-        register: str | None = None,
-        alias: str | None = None,
+        self, checkpoint: str | os.PathLike, *, register: str | None = None, alias: str | None = None
     ) -> str | None:
-        """Log ``model`` with a free-shape signature and an input example; optionally register it.
-
-        Args:
-            model: the trained network (moved to CPU and eval mode for logging).
-            in_channels, out_channels, spatial_dims: the network's interface, for the signature.
-            example_size: spatial size of the stored input example (keep it small).
-            register: registered model name; None logs without registering.
-            alias: alias for the new version (e.g. ``"champion"``); needs ``register``. It moves only when
-                the new version beats the one holding it (see :meth:`_place_alias`), which is logged.
+        """Log ``checkpoint`` as this run's model and register it under ``register``, with ``alias``
+        placed by :meth:`place_alias` (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`:
+        the pyfunc with the weights and the typed spec, the pytorch flavor, ``checkpoints/best.pt``).
 
         Returns:
-            the URI to load the model from: ``models:/NAME@ALIAS`` when the alias is on the new version,
-            ``models:/NAME/VERSION``, or the logged model's URI when not registered; None when the
+            where the model loads from (``models:/NAME@ALIAS`` when the alias is on the new version,
+            ``models:/NAME/VERSION``, or the logged model's URI when not registered); None when the
             store has failed (offline).
         """
-        model = model.to("cpu").eval()
-        example = np.zeros((1, in_channels, *example_size), dtype=np.float32)
-
-        def log() -> str:
-            info = mlflow.pytorch.log_model(
-                model,
-                name=MODEL_ARTIFACT,
-                signature=_tensor_signature(in_channels, out_channels, spatial_dims),
-                input_example=example,
-                serialization_format="pickle",
-                pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "monai", "attnunet"],
-            )
-            if register is None:
-                return info.model_uri
-            version = mlflow.register_model(info.model_uri, register).version
-            if alias and self._place_alias(register, alias, str(version)):
-                return f"models:/{register}@{alias}"
-            return f"models:/{register}/{version}"
-
-        return self._call("logging the model", log)
+        return self.call(
+            "logging the model",
+            lambda: log_segmentation_model(
+                checkpoint, register=register, alias=alias, place_alias=self.place_alias
+            ),
+        )
 
     def _best(self, run_id: str) -> float | None:
         """The best (largest) :data:`KEY_METRIC` ``run_id`` logged, None when it logged none."""
         return max((m.value for m in self.client.get_metric_history(run_id, KEY_METRIC)), default=None)
 
-    def _place_alias(self, name: str, alias: str, version: str) -> bool:
+    def place_alias(self, name: str, alias: str, version: str) -> bool:
         """Give ``alias`` to ``version`` when no version holds it, when the version holding it has no
         logged :data:`KEY_METRIC`, when this run's best beats that one's, or when ``force_alias``; log
         which, and return whether the alias is on ``version`` now."""
@@ -314,7 +269,7 @@ class RunTracker:
         URI back; offline, only MLflow's active run is cleared (one short try)."""
         try:
             if not self.offline:
-                self._call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
+                self.call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
             if mlflow.active_run() is not None:  # offline: MLflow drops the active run before its call
                 with bounded_requests(OFFLINE_HTTP_LIMITS), contextlib.suppress(*STORE_ERRORS):
                     mlflow.end_run(status=status)
