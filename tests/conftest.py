@@ -30,6 +30,18 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` first, longest first: spread over xdist's workers from the start, none of
+    them is left to run alone at the end of the suite."""
+
+    def minutes(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1))
+
+    items.sort(key=lambda item: -minutes(item))  # stable: otherwise as collected
+
+
 if TYPE_CHECKING:  # imported by the fixture itself: the engines pull in MLflow, which most tests never use
     from attnunet.pipelines.engines import TrainConfig
 

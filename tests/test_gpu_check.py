@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
 
 
+@pytest.mark.long
 def test_dry_run_runs_every_step_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}
     done = subprocess.run(

@@ -308,6 +308,7 @@ def test_checkpoint_layout_is_unchanged():
     assert {key: tuple(state[key].shape) for key in expected} == expected
 
 
+@pytest.mark.long
 def test_cpu_speed_benchmark_quick_run_prints_every_table():
     """``benchmarks/cpu_speed.py --quick``: every part, every model, ratios to MONAI's AttentionUnet."""
     script = Path(__file__).parents[1] / "benchmarks" / "cpu_speed.py"

@@ -45,6 +45,7 @@ def subset(root: Path, count: int) -> Path:
     return root
 
 
+@pytest.mark.long(minutes=5)
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason="../shared/data/Task04_Hippocampus is absent")
 def test_every_hippocampus_class_is_learnt_in_a_short_overfit(tmp_path):
     data = subset(tmp_path / "hippocampus", CASES)

@@ -189,6 +189,7 @@ def test_bounded_requests_sets_the_limits_for_the_call_only(monkeypatch):
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("outage", ["stop", "pause"])  # a crashed server; a hung one (port open, no answer)
 def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(
     tmp_path, caplog, outage, tiny_checkpoint
@@ -226,6 +227,7 @@ def _read_lines(stream, lines: queue.Queue) -> None:
         lines.put(line)
 
 
+@pytest.mark.long
 def test_training_goes_on_when_the_tracking_server_dies_after_epoch_1(demo_dataset, tmp_path):
     output, stdout = tmp_path / "run", tmp_path / "stdout.txt"
     with MlflowServer(tmp_path / "server") as server, stdout.open("w") as printed:
