@@ -111,6 +111,21 @@ def test_undeclared_modality_is_guessed_from_air(tmp_path):
     assert plan["preset"] == "ct" and plan["preset_source"] == "intensities"
 
 
+def test_an_undeclared_ct_whose_foreground_is_soft_tissue_is_ct(tmp_path):
+    """A liver-like CT: the labelled organ is soft tissue (about 60 HU), the air around the body -1000 HU.
+    The foreground alone looks like MR; the whole image does not."""
+    root = write_msd(tmp_path / "liver", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={}, intensity=(0, 20))
+    for path in sorted((root / "imagesTr").glob("*.nii.gz")):
+        scan = nib.load(path)
+        image = scan.get_fdata().astype(np.float32)
+        image[:, :2] = -1000.0  # air beside the body
+        nib.save(nib.Nifti1Image(image, scan.affine), path)
+    plan = plan_dataset(root, device="cpu")
+    assert plan["preset"] == "ct" and plan["preset_source"] == "intensities"
+    no_air = write_msd(tmp_path / "mr", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={}, intensity=(0, 20))
+    assert plan_dataset(no_air, device="cpu")["preset"] == "mr"
+
+
 def test_a_small_memory_budget_shrinks_the_patch_and_the_batch(tmp_path):
     root = write_msd(tmp_path / "big", [(64, 64, 64)] * 2, [(1.0,) * 3] * 2)
     roomy = plan_dataset(root, device="cpu")

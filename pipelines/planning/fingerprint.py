@@ -84,14 +84,17 @@ def read_headers(index: DatasetIndex) -> list[ImageHeader]:
 
 def voxel_statistics(
     index: DatasetIndex, sample_cases: int, num_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Foreground intensities (a bounded random sample per case), voxel counts per class, cases read."""
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Foreground intensities (a bounded random sample per case), voxel counts per class, cases read, and
+    the darkest case's 0.5th intensity percentile over the whole image (air, for a CT)."""
     positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
     rng = np.random.default_rng(seed)
     counts = np.zeros(num_classes, dtype=np.int64)
     foreground: list[np.ndarray] = []
+    darkest = np.inf
     for position in positions.astype(int):
         image, label = _read_case(index.items[position], index.modality, num_classes)
+        darkest = min(darkest, float(np.percentile(image, 0.5)))
         counts += np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
         mask = label > 0
         if image.ndim > mask.ndim:  # channels last (2D RGB): one intensity per channel and voxel
@@ -101,7 +104,7 @@ def voxel_statistics(
         if picked.size:
             foreground.append(rng.choice(picked, min(picked.size, FOREGROUND_SAMPLE_PER_CASE), replace=False))
     intensities = np.concatenate(foreground) if foreground else np.zeros(1, dtype=np.float32)
-    return intensities, counts, len(positions)
+    return intensities, counts, len(positions), darkest
 
 
 def _read_case(item: Mapping[str, str], modality: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -122,8 +122,10 @@ def plan_dataset(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = discover_dataset(data)
     headers = read_headers(index)
-    intensities, counts, sampled_cases = voxel_statistics(index, int(sample_cases), len(index.labels), seed)
-    preset, preset_source = choose_preset(index, intensities, overrides)
+    intensities, counts, sampled_cases, darkest = voxel_statistics(
+        index, int(sample_cases), len(index.labels), seed
+    )
+    preset, preset_source = choose_preset(index, darkest, overrides)
     geometry, resampled = _geometry(headers, overrides)
     training, memory = _training(geometry["median_shape"], resampled, overrides, device, memory_budget_gb)
     scheme, preset_kwargs = normalisation(preset, intensities)

@@ -53,13 +53,14 @@ DATASET_SHARE_PER_BATCH = 0.05  # nnU-Net: one batch covers at most 5% of the da
 # gradients, Adam's moments are per parameter and negligible); coarser levels add a geometric series.
 # An estimate from the layer list, not a measurement: it errs on the large side.
 FLOATS_PER_VOXEL_AND_FEATURE = 24
-_AIR_HU = -500  # air is -1000 HU: a dataset whose darkest foreground voxels are below this is CT
+_AIR_HU = -500  # air is -1000 HU: a dataset whose images hold voxels below this is CT
 
 
-def choose_preset(
-    index: DatasetIndex, intensities: np.ndarray, overrides: Mapping[str, Any]
-) -> tuple[str, str]:
-    """The preset and where it came from: ``"override"``, ``"dataset"`` (declared) or ``"intensities"``."""
+def choose_preset(index: DatasetIndex, darkest: float, overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """The preset and where it came from: ``"override"``, ``"dataset"`` (declared) or ``"intensities"``.
+
+    Undeclared, a dataset is CT when the darkest case's 0.5th intensity percentile over the whole image
+    (``darkest``) is air in Hounsfield units: the foreground alone would call a liver CT MR."""
     declared = declared_preset(index)
     if declared not in (None, "ct", "mr", "image2d") and "preset" not in overrides:
         raise DataValidationError(
@@ -70,7 +71,7 @@ def choose_preset(
         return overrides["preset"], "override"
     if declared:
         return declared, "dataset"
-    return ("ct" if float(np.percentile(intensities, 0.5)) < _AIR_HU else "mr"), "intensities"
+    return ("ct" if darkest < _AIR_HU else "mr"), "intensities"
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:
