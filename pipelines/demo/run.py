@@ -39,9 +39,9 @@ __all__ = ["DEMO_SETTINGS", "DemoResult", "format_settings", "run_demo", "settin
 # 48 x 48 x 32 patches, instance norm, three levels with the non-local attention on the two coarsest
 # (at 1/2 resolution it costs more than the rest of the network on a CPU), enough epochs for a mean
 # Dice >= 0.85 on the held-out cases (30 epochs: 10 min 48 s on an idle 2-core CPU, 2026-12-02, mean Dice
-# 0.92). 16 features (the preset's): with 8, the full-resolution
-# stage that feeds the 1x1 head was too narrow and from some seeds training settled on predicting no
-# lesion (issue 10 found the same on real MR); with 16, seeds 0-2 ended at validation Dice 0.89-0.93.
+# 0.92). 16 features (the preset's): with 8, the full-resolution stage that feeds the 1x1 head was too
+# narrow and from some seeds training settled on predicting no lesion (issue 10 found the same on real
+# MR); with 16, seeds 0-2 ended at validation Dice 0.89-0.93.
 DEMO_SETTINGS: dict[str, Any] = {
     "network": "attention_unet_3d_small",
     "network_kwargs": {"init_features": 16, "norm": "instance", "depth": 3, "attention_levels": [2, 3]},

@@ -48,7 +48,6 @@ from attnunet.pipelines.tracking.store import (
 __all__ = [
     "CONFIG_ARTIFACT",
     "KEY_METRIC",
-    "MODEL_ARTIFACT",
     "RunTracker",
     "check_tracking_server",
     "flatten_params",
@@ -59,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 # Where a run keeps its resolved config and its model (attnunet.load_model reads the best checkpoint).
 CONFIG_ARTIFACT = "config/config.json"
-MODEL_ARTIFACT = "model"
 # The metric whose best value decides whether a registered alias moves (the evaluator's key metric).
 KEY_METRIC = "val_mean_dice"
 # What a failing store raises: MLflow's own errors (HTTP and SQL ones are wrapped in them), requests' and
@@ -170,7 +168,7 @@ class RunTracker:
             experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
 
-    def call(self, doing: str, call: Callable[[], _T]) -> _T | None:
+    def _call(self, doing: str, call: Callable[[], _T]) -> _T | None:
         """``call()`` within the HTTP limits; None when offline, or when it fails (then warn, go offline)."""
         if self.offline:
             return None
@@ -202,22 +200,22 @@ class RunTracker:
                 path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
                 mlflow.log_artifact(str(path), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
 
-        self.call("logging the config", log)
+        self._call("logging the config", log)
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log scalar metrics at ``step`` (the epoch)."""
         values = {key: float(value) for key, value in metrics.items()}
-        self.call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
+        self._call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path``)."""
-        self.call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
+        self._call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def log_model(
         self, checkpoint: str | os.PathLike, *, register: str | None = None, alias: str | None = None
     ) -> str | None:
         """Log ``checkpoint`` as this run's model and register it under ``register``, with ``alias``
-        placed by :meth:`place_alias` (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`:
+        placed by :meth:`_place_alias` (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`:
         the pyfunc with the weights and the typed spec, the pytorch flavor, ``checkpoints/best.pt``).
 
         Returns:
@@ -225,10 +223,10 @@ class RunTracker:
             ``models:/NAME/VERSION``, or the logged model's URI when not registered); None when the
             store has failed (offline).
         """
-        return self.call(
+        return self._call(
             "logging the model",
             lambda: log_segmentation_model(
-                checkpoint, register=register, alias=alias, place_alias=self.place_alias
+                checkpoint, register=register, alias=alias, place_alias=self._place_alias
             ),
         )
 
@@ -236,7 +234,7 @@ class RunTracker:
         """The best (largest) :data:`KEY_METRIC` ``run_id`` logged, None when it logged none."""
         return max((m.value for m in self.client.get_metric_history(run_id, KEY_METRIC)), default=None)
 
-    def place_alias(self, name: str, alias: str, version: str) -> bool:
+    def _place_alias(self, name: str, alias: str, version: str) -> bool:
         """Give ``alias`` to ``version`` when no version holds it, when the version holding it has no
         logged :data:`KEY_METRIC`, when this run's best beats that one's, or when ``force_alias``; log
         which, and return whether the alias is on ``version`` now."""
@@ -269,7 +267,7 @@ class RunTracker:
         URI back; offline, only MLflow's active run is cleared (one short try)."""
         try:
             if not self.offline:
-                self.call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
+                self._call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
             if mlflow.active_run() is not None:  # offline: MLflow drops the active run before its call
                 with bounded_requests(OFFLINE_HTTP_LIMITS), contextlib.suppress(*STORE_ERRORS):
                     mlflow.end_run(status=status)
