@@ -27,6 +27,7 @@ from attnunet.checkpoints import load_checkpoint
 from attnunet.cli import main
 from attnunet.pipelines.bundle.paths import bundle_template_dir, default_dataset_dir
 from attnunet.pipelines.bundle.runner import run_config
+from attnunet.pipelines.commands import evaluate as evaluate_command
 from attnunet.pipelines.commands import infer as infer_command
 from attnunet.pipelines.commands import train as train_command
 
@@ -42,7 +43,8 @@ TINY = {
 }
 EXPERIMENT = "bundle-test"
 # Keys of the configs that are not a flag: where the bundle is, the model copy, the components.
-BUNDLE_KEYS = {"bundle_root", "model_path", "config", "training", "network_def", "predictions", "run"}
+BUNDLE_KEYS = {"bundle_root", "model_path", "config", "training", "network_def", "inference", "evaluation"}
+BUNDLE_KEYS.add("run")
 
 
 def _env() -> dict[str, str]:
@@ -171,6 +173,26 @@ def test_multi_gpu_train_under_torchrun(tmp_path, demo_dataset):
     assert not any(key.startswith("module.") for key in state), "the DDP wrapper is not saved"
 
 
+def test_multi_gpu_evaluate_under_torchrun(trained_bundle, demo_dataset, tmp_path):
+    """inference.json + evaluate.json + multi_gpu_evaluate.json with two processes (Gloo on CPU): the
+    ranks share the cases, the predictions land where evaluation reads them, rank 0 scores them all."""
+    root, _ = trained_bundle
+    names = ("inference.json", "evaluate.json", "multi_gpu_evaluate.json")
+    configs = "[" + ",".join(f"'{root / 'configs' / name}'" for name in names) + "]"
+    monai_bundle(
+        tmp_path, "run", "--config_file", configs, "--bundle_root", str(root),
+        "--input", str(demo_dataset / "imagesTs"), "--labels", str(demo_dataset / "labelsTs"),
+        "--predictions", str(tmp_path / "pred"), "--output", str(tmp_path / "metrics"),
+        "--device", "cpu", "--progress", "False", torchrun=True,
+    )  # fmt: skip
+    inputs = sorted(path.name for path in (demo_dataset / "imagesTs").glob("*.nii.gz"))
+    assert sorted(path.name for path in (tmp_path / "pred").iterdir()) == inputs
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
+    assert summary["num_evaluated"] == len(inputs) and not summary["missing"] and not summary["mismatched"]
+    rows = (tmp_path / "metrics" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(inputs), "one report row per case: rank 0 alone wrote the report"
+
+
 def test_default_data_is_the_demo_written_once(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(bundle_template_dir() / "configs" / "train.json"))
@@ -186,15 +208,16 @@ def test_default_data_is_the_demo_written_once(tmp_path):
 @pytest.mark.parametrize(
     ("config", "command", "flag_keys"),
     [
-        ("train.json", "train", train_command.TRAIN_KEYS + ("network_kwargs", "preset_kwargs")),
-        ("inference.json", "infer", infer_command.INFERENCE_KEYS),
+        ("train.json", train_command, train_command.TRAIN_KEYS + ("network_kwargs", "preset_kwargs")),
+        ("inference.json", infer_command, infer_command.INFERENCE_KEYS),
+        ("evaluate.json", evaluate_command, evaluate_command.EVALUATE_KEYS),
     ],
 )
 def test_every_flag_is_a_config_key_of_the_same_name(config, command, flag_keys):
     keys = set(json.loads((bundle_template_dir() / "configs" / config).read_text())) - BUNDLE_KEYS
     assert keys == set(flag_keys)
     parser = argparse.ArgumentParser()
-    {"train": train_command, "infer": infer_command}[command].add_arguments(parser)
+    command.add_arguments(parser)
     dests = {action.dest for action in parser._actions} - {"help", "network_option", "preset_option"}
     assert dests == set(flag_keys) - {"network_kwargs", "preset_kwargs"}
 

@@ -20,6 +20,7 @@ CONFIGS = (
     "inference.json",
     "evaluate.json",
     "multi_gpu_train.json",
+    "multi_gpu_evaluate.json",
     "logging.conf",
 )
 
@@ -37,7 +38,7 @@ def test_template_has_the_model_zoo_layout():
         assert (root / name).is_file(), name
     train, inference, metadata = _configs(root)
     assert train["config"]["_target_"] == "attnunet.pipelines.engines.config.planned_config"
-    assert inference["predictions"]["_target_"] == "attnunet.pipelines.inference.predict.infer"
+    assert inference["inference"]["_target_"] == "attnunet.pipelines.inference.predict.infer"
     outputs = metadata["network_data_format"]["outputs"]["pred"]
     assert outputs["num_channels"] == inference["network_def"]["out_channels"] == len(outputs["channel_def"])
     # no config reads another by a path relative to the working folder

@@ -31,7 +31,7 @@ def run_config(name: str, key: str, overrides: Mapping[str, Any]) -> Any:
 
     Args:
         name: ``"train.json"`` or ``"inference.json"``.
-        key: the entry to build (building it runs it: ``"training"``, ``"predictions"``).
+        key: the entry to build (building it runs it: ``"training"``, ``"inference"``, ``"evaluation"``).
         overrides: config key -> value, as the command's flags give them.
 
     Raises:

@@ -2,9 +2,9 @@
 
 The template in ``attention_unet/`` beside this module has the MONAI model-zoo layout (``LICENSE``,
 ``configs/`` with ``metadata.json``, ``train.json``, ``inference.json``, ``evaluate.json``,
-``multi_gpu_train.json``, ``logging.conf``; ``docs/README.md`` and ``docs/data_license.txt``;
-``models/``). :func:`init_bundle` writes a user's classes, preset, channels and (optionally) patch
-size, spacing, CT window and dataset into a copy of it.
+``multi_gpu_train.json``, ``multi_gpu_evaluate.json``, ``logging.conf``; ``docs/README.md`` and
+``docs/data_license.txt``; ``models/``). :func:`init_bundle` writes a user's classes, preset,
+channels and (optionally) patch size, spacing, CT window and dataset into a copy of it.
 """
 
 from __future__ import annotations

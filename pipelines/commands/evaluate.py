@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     status 1 when a prediction is missing or does not match."""
     overrides = {key: value for key, value in vars(args).items() if key in EVALUATE_KEYS}
     summary = run_config("evaluate.json", "evaluation", overrides)
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 scores and reports
+        return 0
     for class_name, metrics in summary["classes"].items():
         text = ", ".join(
             f"{metric} {format_value(stats['mean'])} +- {format_value(stats['std'])} (n={stats['n']})"

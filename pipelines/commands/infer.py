@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``attnunet infer``: the bundle's ``configs/inference.json`` with the flags as its keys."""
     overrides = {key: value for key, value in vars(args).items() if key in INFERENCE_KEYS}
-    written = run_config("inference.json", "predictions", overrides)
+    written = run_config("inference.json", "inference", overrides)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary under torchrun, for all ranks' cases
         print(f"{len(written)} prediction(s) written to {args.output}")
     return 0

@@ -255,8 +255,12 @@ def evaluate(
     fov: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Score label-map predictions against reference labels, per case and per class.
+
+    Under ``torchrun`` (the bundle's ``multi_gpu_evaluate.json``, after every rank has written its share
+    of the predictions) rank 0 scores every case and the other ranks return None at once: scoring is
+    cheap beside inference, and one writer keeps the report files whole.
 
     Args:
         predictions: a folder of predicted label maps, or a list of files.
@@ -273,11 +277,12 @@ def evaluate(
         progress: show a progress bar over the cases.
 
     Returns:
-        the summary: ``num_cases``, ``num_evaluated``, ``missing`` (case names), ``mismatched``
-        (case -> reason), ``unmatched_predictions``, ``classes`` (name -> metric -> mean/std/n),
-        ``mean`` (metric -> mean over classes), ``mean_classes`` (metric -> how many classes that mean
-        averaged), ``tolerance_mm`` and ``files``. Hausdorff distances are in mm; infinite or NaN
-        values (an empty prediction or label) count in ``metrics.csv`` but not in the means.
+        None on a rank other than 0; otherwise the summary: ``num_cases``, ``num_evaluated``,
+        ``missing`` (case names), ``mismatched`` (case -> reason), ``unmatched_predictions``,
+        ``classes`` (name -> metric -> mean/std/n), ``mean`` (metric -> mean over classes),
+        ``mean_classes`` (metric -> how many classes that mean averaged), ``tolerance_mm`` and ``files``.
+        Hausdorff distances are in mm; infinite or NaN values (an empty prediction or label) count in
+        ``metrics.csv`` but not in the means.
 
     Raises:
         FileNotFoundError: ``labels`` or ``predictions`` does not exist, or no label file is found.
@@ -291,6 +296,8 @@ def evaluate(
         >>> summary["classes"]["organ"]["dice"]["mean"]  # doctest: +SKIP
         0.91
     """
+    if int(os.environ.get("RANK", "0")) > 0:
+        return None
     targets = [Path(output_dir) / name for name in (CASES_FILE, SUMMARY_CSV, SUMMARY_JSON)]
     refuse_existing(targets, overwrite)
     label_files = _image_files(labels, "labels", LABEL_SUFFIXES)
