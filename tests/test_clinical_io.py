@@ -64,14 +64,22 @@ def test_a_dicom_seg_per_series_references_its_series(checkpoint, tmp_path):
     assert pydicom.dcmread(seg_path).SeriesDescription == "attnunet segmentation"
 
 
-def test_dicom_seg_of_a_series_without_uids_is_refused_in_one_line(checkpoint, tmp_path, capsys):
-    """TotalSegmentator's anonymised CT has empty UIDs: a SEG could not reference it."""
+def test_dicom_seg_of_a_series_with_blank_uids_references_its_instances(checkpoint, tmp_path):
+    """TotalSegmentator's anonymised CT has blank study, series and SOP UIDs in its datasets: the SEG
+    takes the SOP UIDs from the files' meta headers and the frame of reference from the files."""
+    series = real("ct_20slices_siemens")
     output = tmp_path / "out"
-    code = _infer(str(real("ct_20slices_siemens")), "--model", str(checkpoint), "--output", str(output),
+    code = _infer(str(series), "--model", str(checkpoint), "--output", str(output),
                   "--output-format", "dicom-seg")  # fmt: skip
-    error = capsys.readouterr().err.strip()
-    assert code == 2 and len(error.splitlines()) == 1 and "ct_20slices_siemens" in error
-    assert not output.exists() or not any(output.iterdir())
+    assert code == 0
+    (seg_path,) = output.iterdir()
+    seg = hd.seg.segread(seg_path)
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(series.iterdir())]
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} == {
+        source.file_meta.MediaStorageSOPInstanceUID for source in sources
+    }
 
 
 def test_dicom_seg_needs_series_inputs(checkpoint, tmp_path, capsys):

@@ -10,6 +10,7 @@ copied into the repository.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 
 import highdicom as hd
@@ -206,10 +207,38 @@ def test_an_empty_label_map_is_written_with_empty_segments(tmp_path):
     assert not back.labels.any() and back.labels.shape == labels.shape
 
 
-def test_siemens_series_without_uids_is_refused(tmp_path):
+def test_siemens_series_with_blank_uids_gets_a_seg_of_its_instances(tmp_path, caplog):
+    """TotalSegmentator's anonymised CT keeps only its frame of reference: the SOP UIDs come from the
+    file meta, the study and series UIDs are derived (the same for every SEG of the series)."""
     folder = real(SIEMENS)
+    array, affine = read_series(folder)
+    low, high = thresholds(array)
+    labels = two_classes(array, low, high)
+    with caplog.at_level(logging.WARNING, logger="attnunet.transforms.dicom_seg"):
+        first = write_dicom_seg(labels, folder, tmp_path / "a.dcm", NAMES, affine=affine)
+    assert "ct_20slices_siemens: the series' files have no SeriesInstanceUID" in caplog.text
+    second = write_dicom_seg(labels, folder, tmp_path / "b.dcm", NAMES, affine=affine)
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(folder.iterdir())]
+    seg, again = pydicom.dcmread(first), pydicom.dcmread(second)
+    (referenced,) = seg.ReferencedSeriesSequence
+    instances = {source.file_meta.MediaStorageSOPInstanceUID for source in sources}
+    assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} == instances
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert referenced.SeriesInstanceUID and seg.StudyInstanceUID, "type 1 UIDs may not be blank"
+    assert again.ReferencedSeriesSequence[0].SeriesInstanceUID == referenced.SeriesInstanceUID
+    assert again.StudyInstanceUID == seg.StudyInstanceUID and again.SOPInstanceUID != seg.SOPInstanceUID
+    np.testing.assert_array_equal(read_dicom_seg(first, folder).labels, labels)
+
+
+def test_a_series_without_a_frame_of_reference_is_refused(tmp_path):
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for source in sorted((real(CT3) / "image").iterdir()):
+        dataset = pydicom.dcmread(source)
+        dataset.FrameOfReferenceUID = ""
+        dataset.save_as(folder / source.name)
     labels = np.zeros(read_series(folder)[0].shape, np.uint8)
-    with pytest.raises(ValueError, match=r"ct_20slices_siemens: the series' files lack .*SOPInstanceUID"):
+    with pytest.raises(ValueError, match=r"ct: the series' files lack FrameOfReferenceUID"):
         write_dicom_seg(labels, folder, tmp_path / "seg.dcm", NAMES)
     assert not (tmp_path / "seg.dcm").exists()
 

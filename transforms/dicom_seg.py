@@ -19,11 +19,19 @@ SEG whose segments are all empty): "nothing found" is a valid result of inferenc
 would stop a pipeline on a negative case. The source images are the series' own files read by
 pydicom, so highdicom takes the patient, study, frame of reference, referenced series and instances
 and each frame's plane position and orientation (oblique included) from them.
+
+Anonymised series can have UIDs blanked (TotalSegmentator's Siemens CT keeps only the frame of
+reference). A blank SOP Class or Instance UID is taken from the file's meta header, which by the
+standard holds the same value. A blank Study or Series Instance UID cannot be recovered: one is derived
+from the series' SOP Instance UIDs (the same series gives the same UID every time), with a warning,
+and the SEG still references every source instance by its own UID and the series' frame of
+reference. A series without SOP Instance UIDs or a frame of reference is refused.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +42,7 @@ from monai.config import NdarrayOrTensor
 from monai.utils import convert_to_numpy, optional_import
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
 from attnunet.atomic import atomic_output
 from attnunet.transforms.dicom_series import check_dicom_series
@@ -52,6 +61,8 @@ __all__ = [
     "SEGMENTATION_TYPES",
 ]
 
+logger = logging.getLogger(__name__)
+
 ClassNames = Mapping[int | str, str] | Sequence[str]
 """Class names by label value: a mapping such as dataset.json's ``{"0": "background", "1": "liver"}``,
 or a list whose index is the label value."""
@@ -63,13 +74,10 @@ SEGMENTATION_TYPES = ("BINARY", "LABELMAP")
 # A label map's affine (after inference and Invertd, float round-off) must match the series' to this,
 # in mm; any real mismatch (another grid, LPS instead of RAS) is far larger.
 _AFFINE_ATOL = 1e-3
-_REQUIRED_UIDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "FrameOfReferenceUID",
-)
+# UIDs the SEG references; blanks are filled from the file meta or derived (module docstring).
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID")
+_FILE_META_UIDS = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+_DERIVABLE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
 
 
 def write_dicom_seg(
@@ -110,9 +118,9 @@ def write_dicom_seg(
     Raises:
         FileExistsError: ``output_path`` exists.
         ValueError: the labels do not match the series (shape, affine), are not integers, hold a value
-            without a class name; no foreground class is named; the series is multi-frame or its files
-            lack the UIDs a SEG references or disagree with the reader's slice order; or the folder
-            does not hold one readable series (see ``SimpleITKReader``).
+            without a class name; no foreground class is named; the series is multi-frame, its files
+            lack SOP Instance UIDs or a frame of reference (see above) or disagree with the reader's
+            slice order; or the folder does not hold one readable series (see ``SimpleITKReader``).
 
     Example:
         >>> write_dicom_seg(
@@ -243,12 +251,7 @@ def _source_datasets(
             "only series of single-frame files are supported"
         )
     datasets = [pydicom.dcmread(name, stop_before_pixels=True) for name in series.files]
-    missing = sorted({key for ds in datasets for key in _REQUIRED_UIDS if not ds.get(key)})
-    if missing:
-        raise ValueError(
-            f"{folder}: the series' files lack {', '.join(missing)} (anonymised without UIDs?); "
-            "a DICOM SEG must reference its source images by them"
-        )
+    _fill_blank_uids(folder, datasets)
     _check_slice_order(folder, datasets, image)
     for ds in datasets:
         # An empty SpecificCharacterSet means the default repertoire, but highdicom rejects the value.
@@ -260,6 +263,34 @@ def _source_datasets(
             if keyword not in ds:
                 setattr(ds, keyword, "")
     return datasets
+
+
+def _fill_blank_uids(folder: str | os.PathLike, datasets: Sequence[pydicom.Dataset]) -> None:
+    """Fill blank SOP UIDs from the file meta and derive blank study/series UIDs (module docstring)."""
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", pydicom.Dataset())
+        for keyword, meta_keyword in _FILE_META_UIDS.items():
+            if not ds.get(keyword) and meta.get(meta_keyword):
+                setattr(ds, keyword, meta.get(meta_keyword))
+    missing = sorted({key for ds in datasets for key in _REQUIRED_UIDS if not ds.get(key)})
+    if missing:
+        raise ValueError(
+            f"{folder}: the series' files lack {', '.join(missing)} (anonymised without UIDs?); "
+            "a DICOM SEG must reference its source images by them"
+        )
+    instances = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    for keyword in _DERIVABLE_UIDS:
+        if any(not ds.get(keyword) for ds in datasets):
+            uid = generate_uid(entropy_srcs=[keyword, *instances])
+            logger.warning(
+                "%s: the series' files have no %s; the DICOM SEG refers to it as %s (derived from the "
+                "series' SOP Instance UIDs) and to every source instance by its own UID",
+                folder,
+                keyword,
+                uid,
+            )
+            for ds in datasets:
+                setattr(ds, keyword, uid)
 
 
 def _check_slice_order(

@@ -106,7 +106,9 @@ def read_dicom_seg(
     numbers = _segment_numbers(seg, segments, seg_path)
     values = _segment_values(seg, numbers, class_names, seg_path)
     referenced = [item.SeriesInstanceUID for item in seg.get("ReferencedSeriesSequence", [])]
-    if series_uid is None and len(referenced) == 1:
+    if series_uid is None and len(referenced) == 1 and not _only_blank_uid_series(series_folder):
+        # (a series whose files have no UID is referenced by a derived one, see dicom_seg: the folder's
+        # one series is then checked by its frame of reference and grid alone)
         series_uid = referenced[0]
     image = read_source_series(series_folder, series_uid)
     _check_same_series(seg, referenced, image, seg_path, series_folder)
@@ -176,7 +178,7 @@ def _check_same_series(
 ) -> None:
     """Refuse a SEG made for another series (a pairing mistake), before comparing grids."""
     uid = image.GetMetaData(_SERIES_UID_TAG).strip("\x00 ")
-    if referenced and uid not in referenced:
+    if referenced and uid and uid not in referenced:
         raise ValueError(f"{seg_path} references series {referenced}, not series {uid!r} in {folder}")
     frame_of_reference = image.GetMetaData(_FRAME_OF_REFERENCE_TAG).strip("\x00 ")
     if seg.FrameOfReferenceUID != frame_of_reference:
@@ -291,6 +293,12 @@ def _seg_header(path: str | os.PathLike, *tags: str) -> pydicom.Dataset | None:
     except (InvalidDicomError, OSError, EOFError, ValueError):
         return None  # not DICOM, or unreadable: the image readers report unreadable files by name
     return header if header.get("Modality") == "SEG" else None
+
+
+def _only_blank_uid_series(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds one DICOM series, whose files have no SeriesInstanceUID."""
+    folder = Path(folder)
+    return folder.is_dir() and _series_uids(str(folder), folder.stat().st_mtime_ns) == frozenset({""})
 
 
 @functools.lru_cache(maxsize=4096)
