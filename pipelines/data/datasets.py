@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, PersistentDataset, load_decathlon_datalist
 from monai.utils import look_up_option
 
 from attnunet.pipelines.data.files import case_name, match_by_leading_token
@@ -220,21 +220,22 @@ def _from_msd(root: Path) -> DatasetIndex:
         labels = {str(k): str(v) for k, v in sorted(raw_labels.items(), key=lambda kv: int(kv[0]))}
     channels = description.get("modality") or description.get("channel_names") or {}
     modality = "+".join(str(channels[k]) for k in sorted(channels, key=int)) if channels else ""
-    items = []
     for position, case in enumerate(training):
         if not isinstance(case, dict) or "image" not in case:
             raise DataValidationError(
                 f"{description_file}: training entry {position} has no 'image': {case!r}"
             )
-        item = {"image": str((root / case["image"]).resolve())}
-        if case.get("label"):
-            item["label"] = str((root / case["label"]).resolve())
-        items.append(item)
-    if not items:
+    if not training:
         raise DataValidationError(f"{description_file} lists no training cases")
-    test_items = [
-        {"image": str((root / t).resolve())} for t in description.get("test", []) if isinstance(t, str)
+    # MONAI joins the paths to the folder; resolved as every other layout's paths are.
+    loaded = load_decathlon_datalist(description_file, is_segmentation=True, base_dir=root)
+    items = [
+        {key: str(Path(case[key]).resolve()) for key in ("image", "label") if entry.get(key)}
+        for entry, case in zip(training, loaded, strict=True)
     ]
+    tests = description.get("test") or []
+    loaded = load_decathlon_datalist(description_file, True, "test", root) if tests else []
+    test_items = [{"image": str(Path(case["image"]).resolve())} for case in loaded]
     return DatasetIndex(items, labels, modality, root, layout="msd", test_items=test_items)
 
 

@@ -279,9 +279,9 @@ def _fit(
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         if config.plan is not None:
-            plan_path = save_plan(config.plan, output / "plan.json")
+            save_plan(config.plan, output / "plan.json")
             if tracker is not None:
-                tracker.log_artifact(plan_path, artifact_path="plan")
+                tracker.log_dict(config.plan, "plan/plan.json")
         _write_config(output, resolved, tracker)
     run.trainer.run()
     if isinstance(budget, TimeBudget) and budget.choice:

@@ -23,9 +23,7 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
@@ -195,12 +193,13 @@ class RunTracker:
             new = {key: value for key, value in params.items() if key not in existing}
             if new:
                 mlflow.log_params(new)
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / Path(CONFIG_ARTIFACT).name
-                path.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
-                mlflow.log_artifact(str(path), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
+            mlflow.log_dict(dict(config), CONFIG_ARTIFACT)
 
         self._call("logging the config", log)
+
+    def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """Log ``dictionary`` as the JSON artifact ``artifact_file`` (``"plan/plan.json"``)."""
+        self._call(f"logging {artifact_file}", lambda: mlflow.log_dict(dict(dictionary), artifact_file))
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log scalar metrics at ``step`` (the epoch)."""
