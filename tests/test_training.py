@@ -219,10 +219,13 @@ def test_cli_refuses_a_plan_that_is_not_one(demo_dataset, tmp_path, capsys):
 @pytest.mark.parametrize(
     "spent, epoch_seconds, validation_seconds, val_every, expected",
     [
-        (70, 50, 10, 1, 8),  # (600 - 70 - 2 * 10 - 30) // 60
-        (70, 50, 10, 5, 9),  # (600 - 70 - 2 * 10 - 30) // (50 + 10 / 5)
-        (590, 50, 10, 1, 0),  # the budget is spent: no further epoch
-        (0, 0.0, 0.0, 1, int(570 / 1e-6)),
+        (70, [50], 10, 1, 8),  # (600 - 70 - 2 * 10 - 30) // 60
+        (70, [50], 10, 5, 9),  # (600 - 70 - 2 * 10 - 30) // (50 + 10 / 5)
+        (590, [50], 10, 1, 0),  # the budget is spent: no further epoch
+        (0, [0.0], 0.0, 1, int(570 / 1e-6)),
+        (190, [50, 50, 150], 10, 1, 6),  # one slow epoch: (600 - 190 - 50) // 60, not // 160
+        (290, [50, 150, 150], 10, 1, 1),  # slower for good: (600 - 290 - 50) // 160
+        (290, [150, 150, 50, 50], 10, 1, 4),  # only the last three count: (600 - 290 - 50) // 60
     ],
 )
 def test_further_epochs(spent, epoch_seconds, validation_seconds, val_every, expected):

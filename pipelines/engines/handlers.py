@@ -1,8 +1,9 @@
 """Ignite handlers of a training run that no MONAI handler provides.
 
-- :class:`EpochStatistics`: the epoch's mean loss, throughput, learning rate and the share of time
-  spent waiting for the loader (ignite's ``Timer``), averaged over DDP ranks; steps the schedule.
-- :class:`TimeBudget`: re-sizes the number of epochs after every epoch so the run ends in its budget.
+- :class:`EpochStatistics`: the epoch's mean loss (ignite's ``Average``), throughput, learning rate and
+  the share of time spent waiting for the loader (ignite's ``Timer``), averaged over DDP ranks.
+- :class:`TimeBudget`: re-sizes the number of epochs (and the cosine schedule) after every epoch so the
+  run ends in its budget; MONAI's ``LrScheduleHandler``, attached after it, steps the schedule.
 - :class:`EpochRecorder`: one record per epoch, written to ``metrics.jsonl`` and the checkpoints first and
   only then logged (and sent to MLflow), so a finished epoch is on disk whatever the tracking store does.
   MONAI's
@@ -17,11 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Timer
+from ignite.metrics import Average
 
 from attnunet.atomic import atomic_output
 from attnunet.checkpoints import save_checkpoint
@@ -33,21 +36,16 @@ logger = logging.getLogger(__name__)
 
 
 class EpochStatistics:
-    """Per-epoch ``train_loss``, ``throughput_samples_per_s``, ``lr`` and ``data_wait_share``.
+    """Per-epoch ``train_loss`` (ignite's ``Average``, over every rank), ``throughput_samples_per_s``,
+    ``lr`` (the epoch's own, read before MONAI's ``LrScheduleHandler`` steps the schedule) and
+    ``data_wait_share`` (ignite's ``Timer`` around the loader)."""
 
-    The schedule is stepped at the end of each epoch, before validation, so that the checkpoint
-    holds the next epoch's learning rate; with ``steps_schedule=False`` a :class:`TimeBudget` steps it
-    instead, once it has chosen the schedule's length.
-    """
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, scheduler: Any, world: int, *, steps_schedule: bool = True
-    ) -> None:
-        self.optimizer, self.scheduler, self.world = optimizer, scheduler, world
-        self.steps_schedule = steps_schedule
+    def __init__(self, optimizer: torch.optim.Optimizer, world: int) -> None:
+        self.optimizer, self.world = optimizer, world
         self.values: dict[str, float] = {}
         self.started = 0.0
-        self._loss, self._batches, self._samples = 0.0, 0, 0
+        self._samples = 0
+        self._loss = Average(output_transform=lambda output: output["loss"].detach())
         self._data_timer = Timer(average=False)  # time waiting for batches from the loader
 
     def attach(self, trainer: Engine) -> None:
@@ -57,29 +55,26 @@ class EpochStatistics:
             resume=Events.GET_BATCH_STARTED,
             pause=Events.GET_BATCH_COMPLETED,
         )
+        self._loss.attach(trainer, "train_loss")  # computed at the epoch's end, before _finish reads it
         trainer.add_event_handler(Events.EPOCH_STARTED, self._start)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._count)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
 
     def _start(self, _: Engine) -> None:
         self.started = time.perf_counter()
-        self._loss, self._batches, self._samples = 0.0, 0, 0
+        self._samples = 0
 
-    def _accumulate(self, engine: Engine) -> None:
-        self._loss += float(engine.state.output["loss"].item())
-        self._batches += 1
+    def _count(self, engine: Engine) -> None:
         self._samples += int(engine.state.output["image"].shape[0])
 
-    def _finish(self, _: Engine) -> None:
+    def _finish(self, engine: Engine) -> None:
         seconds = max(time.perf_counter() - self.started, 1e-9)
         self.values = {
-            "train_loss": all_mean(self._loss / max(self._batches, 1), self.world),
+            "train_loss": float(engine.state.metrics["train_loss"]),
             "lr": self.optimizer.param_groups[0]["lr"],
             "throughput_samples_per_s": all_mean(self._samples, self.world) * self.world / seconds,
             "data_wait_share": all_mean(self._data_timer.value() / seconds, self.world),
         }
-        if self.steps_schedule:
-            self.scheduler.step()
 
 
 def validate_at_the_end(trainer: Engine, evaluator: Engine) -> None:
@@ -93,39 +88,55 @@ def validate_at_the_end(trainer: Engine, evaluator: Engine) -> None:
 
 
 def further_epochs(
-    budget_seconds: float, spent: float, epoch_seconds: float, validation_seconds: float, val_every: int
+    budget_seconds: float,
+    spent: float,
+    epoch_seconds: Sequence[float],
+    validation_seconds: float,
+    val_every: int,
 ) -> int:
     """How many more epochs end within ``budget_seconds``.
 
     ``spent`` seconds have passed (setup and the epochs run so far, with their validations); every
-    further epoch costs ``epoch_seconds`` plus a validation every ``val_every`` epochs. Kept in reserve:
-    one more validation (after the last epoch), the same again for logging the model, and 5% of the
-    budget for the jitter of the epoch time.
+    further epoch costs the median of the last three ``epoch_seconds`` (the epochs' own times, oldest
+    first: one slow epoch, other work for a moment, does not swing the choice; a lasting change moves
+    it within two epochs) plus a validation every ``val_every`` epochs. Kept in reserve: one more
+    validation (after the last epoch), the same again for logging the model, and 5% of the budget for
+    the jitter of the epoch time.
 
     Example:
-        >>> further_epochs(600, spent=70, epoch_seconds=50, validation_seconds=10, val_every=1)
+        >>> further_epochs(600, spent=70, epoch_seconds=[50], validation_seconds=10, val_every=1)
         8
+        >>> further_epochs(600, spent=190, epoch_seconds=[50, 50, 150], validation_seconds=10, val_every=1)
+        6
     """
     reserve = 2 * validation_seconds + 0.05 * budget_seconds
-    per_epoch = max(epoch_seconds + validation_seconds / val_every, 1e-6)
+    per_epoch = max(median(epoch_seconds[-3:]) + validation_seconds / val_every, 1e-6)
     return max(0, int((budget_seconds - spent - reserve) // per_epoch))
 
 
 class TimeBudget:
-    """Sets the trainer's ``max_epochs`` (and the cosine schedule's length) after every epoch, then steps
-    the schedule (its ``statistics`` are built with ``steps_schedule=False``).
+    """Sets the trainer's ``max_epochs`` (and the cosine schedule's length) after every epoch; MONAI's
+    ``LrScheduleHandler``, attached after it, then steps the schedule along the new length.
 
-    Re-sized from the last epoch's own time, so a machine that slows down (or speeds up) mid-run still
-    ends within the budget; the mean over ranks keeps DDP in step. ``choice`` records what it chose.
+    Sized by :func:`further_epochs` from the epochs' own times (the median of the last three); the mean
+    over ranks keeps DDP in step. ``choice`` records what it chose.
     """
 
     def __init__(
-        self, minutes: float, started: float, statistics: EpochStatistics, val_every: int, world: int
+        self,
+        minutes: float,
+        started: float,
+        statistics: EpochStatistics,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        val_every: int,
+        world: int,
     ) -> None:
         self.budget_seconds, self.started = 60 * minutes, started
-        self.statistics, self.val_every, self.world = statistics, val_every, world
+        self.statistics, self.scheduler = statistics, scheduler
+        self.val_every, self.world = val_every, world
         self.choice: dict[str, float] = {}
         self._validation_started, self._validation_seconds = 0.0, 0.0
+        self._epoch_seconds: list[float] = []
 
     def attach(self, trainer: Engine, evaluator: Engine) -> None:
         evaluator.add_event_handler(Events.STARTED, self._start_validation)
@@ -147,16 +158,14 @@ class TimeBudget:
     def _resize(self, trainer: Engine, evaluator: Engine) -> None:
         now, epoch, validation = time.perf_counter(), trainer.state.epoch, self._validation_seconds
         validated = evaluator.state.epoch == epoch
-        epoch_seconds = now - self.statistics.started - (validation if validated else 0.0)
+        self._epoch_seconds.append(now - self.statistics.started - (validation if validated else 0.0))
         more = further_epochs(
-            self.budget_seconds, now - self.started, epoch_seconds, validation, self.val_every
+            self.budget_seconds, now - self.started, self._epoch_seconds, validation, self.val_every
         )
         epochs = epoch + int(all_mean(float(more), self.world))
         trainer.state.max_epochs = epochs
-        scheduler = self.statistics.scheduler
-        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
-        scheduler.step()  # after T_max is set: a step taken before would follow the old length
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.T_max = epochs  # anneals to 0 at the chosen last epoch
         if epoch == 1:
             logger.info(
                 "time budget %.1f min: setup and epoch 1 took %.0f s (validation %.0f s) -> %d epochs",
@@ -165,7 +174,7 @@ class TimeBudget:
         self.choice.update(
             epochs=epochs,
             first_epoch_seconds=self.choice.get("first_epoch_seconds", round(now - self.started, 3)),
-            last_epoch_seconds=round(epoch_seconds, 3),
+            epoch_seconds=round(median(self._epoch_seconds[-3:]), 3),
             validation_seconds=round(validation, 3),
         )
 

@@ -37,7 +37,7 @@ import torch
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 from monai.data import DataLoader, partition_dataset
-from monai.handlers import ValidationHandler
+from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.utils import set_determinism
 
 from attnunet.atomic import atomic_output
@@ -308,10 +308,11 @@ def _attach_handlers(
 ) -> EpochStatistics | TimeBudget:
     """Statistics, progress bar, validation, time budget, in the order ignite must run them; returns
     the budget when there is one, else the statistics."""
-    statistics = EpochStatistics(
-        run.optimizer, run.scheduler, world, steps_schedule=config.time_budget is None
-    )
+    statistics = EpochStatistics(run.optimizer, world)
     statistics.attach(run.trainer)
+    schedule = LrScheduleHandler(run.scheduler, print_lr=False)
+    if config.time_budget is None:  # stepped before validation, so the checkpoint has the next lr
+        schedule.attach(run.trainer)
     if rank == 0:
         run.trainer.add_event_handler(Events.EPOCH_STARTED, _log_epoch_start)
     if config.progress and rank == 0:
@@ -323,8 +324,9 @@ def _attach_handlers(
     )
     budget = None
     if config.time_budget is not None:
-        budget = TimeBudget(config.time_budget, started, statistics, config.val_every, world)
+        budget = TimeBudget(config.time_budget, started, statistics, run.scheduler, config.val_every, world)
         budget.attach(run.trainer, run.evaluator)
+        schedule.attach(run.trainer)  # after the budget has set the schedule's length
     validate_at_the_end(run.trainer, run.evaluator)
     return budget or statistics
 
