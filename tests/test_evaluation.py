@@ -312,3 +312,13 @@ def test_drive_field_of_view_missing_or_misshapen_is_reported(tmp_path):
         progress=False,
     )
     assert summary["mismatched"] == {"21_manual1": f"no field-of-view mask in {root / 'mask'}"}
+
+
+def test_only_rank_0_scores_under_torchrun(cases, tmp_path, monkeypatch):
+    """multi_gpu_evaluate.json: the other ranks return at once and write nothing beside rank 0's report."""
+    labels, predictions, _, _ = cases
+    monkeypatch.setenv("RANK", "1")
+    assert evaluate(predictions, labels, output_dir=tmp_path / "e", class_names=CLASSES) is None
+    assert not (tmp_path / "e").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert evaluate(predictions, labels, output_dir=tmp_path / "e", class_names=CLASSES)["num_cases"] == 5

@@ -258,9 +258,8 @@ def evaluate(
 ) -> dict[str, Any] | None:
     """Score label-map predictions against reference labels, per case and per class.
 
-    Under ``torchrun`` (the bundle's ``multi_gpu_evaluate.json``, after every rank has written its share
-    of the predictions) rank 0 scores every case and the other ranks return None at once: scoring is
-    cheap beside inference, and one writer keeps the report files whole.
+    Under ``torchrun`` (``multi_gpu_evaluate.json``) rank 0 scores every case and the other ranks return
+    None: scoring is cheap beside inference, and one writer keeps the reports whole.
 
     Args:
         predictions: a folder of predicted label maps, or a list of files.
@@ -291,9 +290,8 @@ def evaluate(
             label (an unreadable prediction is reported as mismatched).
 
     Example:
-        >>> summary = evaluate("preds/", "labelsTs/", output_dir="eval/",
-        ...                    class_names={"0": "background", "1": "organ"})  # doctest: +SKIP
-        >>> summary["classes"]["organ"]["dice"]["mean"]  # doctest: +SKIP
+        >>> evaluate("preds/", "labelsTs/", output_dir="eval/", class_names=["background", "organ"])[
+        ...     "classes"]["organ"]["dice"]["mean"]  # doctest: +SKIP
         0.91
     """
     if int(os.environ.get("RANK", "0")) > 0:
