@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,11 +207,15 @@ class _Scorer:
         y_pred = one_hot(prediction.as_tensor()[None].long(), num_classes)
         y = one_hot(label.as_tensor()[None].long(), num_classes)
         spacing = [float(s) for s in label.pixdim]
-        scores = {
-            "dice": self.dice(y_pred, y)[0],
-            "hd95": self.hd95(y_pred, y, spacing=spacing)[0],
-            "nsd": self.nsd(y_pred, y, spacing=spacing)[0],
-        }
+        with warnings.catch_warnings():
+            # MONAI's own surface-distance code passes an argument it has deprecated (FutureWarning on
+            # every case since MONAI 1.5); nothing a user of these metrics can change.
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            scores = {
+                "dice": self.dice(y_pred, y)[0],
+                "hd95": self.hd95(y_pred, y, spacing=spacing)[0],
+                "nsd": self.nsd(y_pred, y, spacing=spacing)[0],
+            }
         return {
             f"{metric}_{name}": float(values[position])
             for metric, values in scores.items()

@@ -306,12 +306,6 @@ def segment(
     )
     model.to(plan.sw_device)
     roi_size = fit_roi(windows.roi_size, image.shape[1:], model, spec.network_kwargs)
-    if roi_size != windows.roi_size:
-        logger.warning(
-            "%s: --roi-size %s is larger than this image needs (%s voxels after preprocessing, padded to "
-            "the network's multiple); its windows are %s",
-            case.name, list(windows.roi_size), list(image.shape[1:]), list(roi_size),
-        )  # fmt: skip
     inferer = SlidingWindowInferer(
         roi_size=roi_size,
         sw_batch_size=windows.sw_batch_size,
@@ -326,9 +320,12 @@ def segment(
         flip_axes=range(2, 2 + spec.spatial_dims) if windows.tta else (),
         amp=plan.sw_device.type == "cuda",
     )
+    # An image smaller than the planned patch is the common case (the patch covers the median shape),
+    # so the shrunken window is reported, not warned about.
     logger.info(
-        "%s: %s on %s, stitched on %s", case.name, tuple(image.shape[1:]), plan.sw_device, plan.device
-    )
+        "%s: %s voxels, windows %s on %s, stitched on %s",
+        case.name, tuple(image.shape[1:]), list(roi_size), plan.sw_device, plan.device,
+    )  # fmt: skip
     with torch.inference_mode():
         probabilities = inferer(image.as_tensor()[None].to(plan.device), predictor)[0]
     data["pred"] = MetaTensor(probabilities, meta=image.meta, applied_operations=image.applied_operations)
