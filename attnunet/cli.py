@@ -13,7 +13,6 @@ import importlib
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,10 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    # MONAI says on every DICOM read that nvImageCodec (an optional GPU JPEG decoder) is missing; the
-    # readers fall back to pydicom's decoders, so the warning tells a user nothing to act on.
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"attnunet {command}", description=help_text)

@@ -14,7 +14,9 @@ would stack into a wrong volume.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -200,4 +202,16 @@ def _register() -> None:
     SUPPORTED_READERS.update(entries)
 
 
+def _quiet_missing_gpu_decoder() -> None:
+    """Keep MONAI's "nvImageCodec is not available" notices (a warning and a log line) out of the output.
+
+    MONAI prints them every time a DICOM reader is built, several times per command, when its optional
+    GPU JPEG decoder is not installed; reading falls back to pydicom's decoders and nothing is wrong.
+    Done at import so that ``attnunet`` commands and ``python -m monai.bundle run`` are both quiet.
+    """
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+
 _register()
+_quiet_missing_gpu_decoder()

@@ -14,6 +14,7 @@ from monai.utils import look_up_option
 
 from attnunet.networks import network_arguments
 from attnunet.pipelines.data.datasets import CACHE_MODES
+from attnunet.pipelines.flags import flag
 from attnunet.pipelines.planning.plan import TRAIN_FIELDS, load_plan, plan_dataset, plan_options
 from attnunet.transforms.presets import PRESETS
 
@@ -143,6 +144,8 @@ class TrainConfig:
     time_budget: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("resume", "track", "force_alias", "amp", "progress"):
+            setattr(self, name, flag(name, getattr(self, name)))
         self.preset = look_up_option(self.preset, tuple(PRESETS))
         self.cache = look_up_option(self.cache, CACHE_MODES)
         self.scheduler = look_up_option(self.scheduler, SCHEDULERS)

@@ -52,6 +52,7 @@ from attnunet.pipelines.evaluation.reports import (
     summarise,
     write_reports,
 )
+from attnunet.pipelines.flags import flag
 from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
 from attnunet.transforms.headers import binary_mask, loader_for
 
@@ -299,6 +300,7 @@ def evaluate(
         ...     "classes"]["organ"]["dice"]["mean"]  # doctest: +SKIP
         0.91
     """
+    overwrite, progress = flag("overwrite", overwrite), flag("progress", progress)
     if int(os.environ.get("RANK", "0")) > 0:
         return None
     targets = [Path(output_dir) / name for name in (CASES_FILE, SUMMARY_CSV, SUMMARY_JSON)]

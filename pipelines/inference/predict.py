@@ -48,6 +48,7 @@ from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.models import load_model
 from attnunet.pipelines.data.files import innermost_cause
 from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
+from attnunet.pipelines.flags import flag
 from attnunet.pipelines.inference.devices import DEVICE_CHOICES, choose_devices
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs
 from attnunet.roi import fit_roi
@@ -253,6 +254,9 @@ def infer(
         >>> infer("data/imagesTs", "predictions", model="runs/best.pt", tta=True)  # doctest: +SKIP
         [PosixPath('predictions/case_004.nii.gz'), PosixPath('predictions/case_005.nii.gz')]
     """
+    tta, largest_component = flag("tta", tta), flag("largest_component", largest_component)
+    probabilities, overwrite = flag("probabilities", probabilities), flag("overwrite", overwrite)
+    progress = flag("progress", progress)
     network, spec = load_model(model, device="cpu", tracking_uri=tracking_uri)
     windows = Windows.for_model(
         spec, roi_size, overlap, sw_batch_size, blend=blend, tta=tta,
