@@ -10,19 +10,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attnunet.cli import main
-from attnunet.pipelines.commands import demo as demo_command
+from attnunet.pipelines.demo import run as demo_run
 from attnunet.pipelines.demo.run import DEMO_ALIAS, DEMO_MODEL_NAME, run_demo
+from attnunet.pipelines.planning.plan import plan_dataset
 
 
 def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     output = tmp_path / "demo"
-    # The small session dataset; the demo's own settings (64 x 64 x 32 windows at 1.5 x 1.5 x 3 mm).
+    # The small session dataset, planned as attnunet train would.
     args = ["demo", "--output", str(output), "--data", str(demo_dataset), "--epochs", "1", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("attnunet demo trains with its own settings")
+    assert printed.startswith("attnunet demo trains as `attnunet train --data DATA` does")
     for text in (
         "Dice organ",
         "Dice lesion",
@@ -68,17 +69,30 @@ def test_demo_rejects_bad_data_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_prints_its_settings_before_it_trains(monkeypatch, capsys):
-    def refuse(*args, **kwargs):
+def test_demo_prints_its_planned_settings_before_it_trains(demo_dataset, tmp_path, monkeypatch, capsys):
+    def refuse(config):
         raise FileExistsError("stopped before training")  # a user error: exit status 2
 
-    monkeypatch.setattr(demo_command, "run_demo", refuse)
-    assert main(["demo", "--epochs", "3", "--device", "cpu"]) == 2
+    monkeypatch.setattr(demo_run, "train", refuse)
+    args = [
+        "demo",
+        "--output",
+        str(tmp_path / "d"),
+        "--data",
+        str(demo_dataset),
+        "--epochs",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 2
     settings = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()[1:])
+    plan = plan_dataset(demo_dataset, device="cpu")  # what attnunet train --data would use
     assert settings["network"] == "attention_unet_3d_small"
-    assert settings["network_kwargs"] == "init_features=16, norm=instance, depth=3, attention_levels=[2, 3]"
-    assert settings["roi_size"] == "48 x 48 x 32" and settings["pixdim"] == "1.5 x 1.5 x 3.0"
-    assert (settings["epochs"], settings["val_every"], settings["device"]) == ("3", "3", "cpu")
+    assert settings["network_kwargs"] == ", ".join(f"{k}={v}" for k, v in plan["network_kwargs"].items())
+    assert settings["roi_size"] == " x ".join(str(size) for size in plan["roi_size"])
+    assert settings["pixdim"] == " x ".join(str(float(mm)) for mm in plan["pixdim"])
+    assert (settings["epochs"], settings["val_every"], settings["device"]) == ("3", "1", "cpu")
 
 
 def test_help_shows_the_default_of_every_option(capsys):
@@ -87,4 +101,4 @@ def test_help_shows_the_default_of_every_option(capsys):
     blocks = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])[1:]
     options = [" ".join(block.split()) for block in blocks if not block.startswith("-h")]
     assert len(options) == 7 and all("(default: " in text for text in options)
-    assert any("(default: 30)" in text for text in options)
+    assert any("(default: 50, as attnunet train)" in text for text in options)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from attnunet.pipelines.demo.run import DEMO_SETTINGS, format_settings, run_demo, settings
+from attnunet.pipelines.demo.run import format_settings, run_demo
+from attnunet.pipelines.engines.config import TrainConfig
 
 __all__ = ["add_arguments", "run"]
 
@@ -15,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", help="an MSD-layout dataset with imagesTs/labelsTs (default: the embedded demo data)"
     )
-    parser.add_argument("--epochs", type=int, help=f"training epochs (default: {DEMO_SETTINGS['epochs']})")
+    parser.add_argument(
+        "--epochs", type=int, help=f"training epochs (default: {TrainConfig.epochs}, as attnunet train)"
+    )
     parser.add_argument(
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT/mlflow.db)"
     )
@@ -34,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``attnunet demo``: print its settings, run it, print the Dice per class and where everything is."""
-    print(format_settings(settings(args.epochs, {}), args.device), flush=True)
+    """``attnunet demo``: print its planned settings, run it, print the Dice per class and where all is."""
     result = run_demo(
         args.output,
         data=args.data,
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         progress=args.progress,
+        announce=lambda config: print(format_settings(config), flush=True),
     )
     trained = result.train
     lines = ["", "attnunet demo finished"]

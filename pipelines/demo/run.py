@@ -2,8 +2,9 @@
 
 1. writes the demo dataset (:func:`attnunet.pipelines.demo.data.write_demo_dataset`), unless
    ``--data`` names another MSD-layout dataset;
-2. trains the small 3D Attention U-Net (:func:`attnunet.pipelines.engines.training.train`), tracked in
-   MLflow and registered as ``attnunet-demo@champion``;
+2. trains as ``attnunet train --data DATA`` does (:func:`attnunet.pipelines.engines.config.planned_config`:
+   the plan of the data, then :func:`attnunet.pipelines.engines.training.train`), tracked in MLflow and
+   registered as ``attnunet-demo@champion``;
 3. segments the held-out cases (``imagesTs``) from the registered model with sliding-window
    inference (:func:`attnunet.pipelines.inference.predict.infer`) and writes NIfTI predictions;
 4. scores them against ``labelsTs`` (:func:`attnunet.pipelines.evaluation.metrics.evaluate`), writes an
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,33 +29,14 @@ import torch
 from monai.transforms import LoadImage
 
 from attnunet.pipelines.demo.data import DEMO_LABELS, write_demo_dataset
+from attnunet.pipelines.engines.config import planned_config
 from attnunet.pipelines.engines.training import TrainConfig, TrainResult, train
 from attnunet.pipelines.evaluation.metrics import evaluate
 from attnunet.pipelines.evaluation.overlays import save_overlay
 from attnunet.pipelines.inference.predict import infer
 
-__all__ = ["DEMO_SETTINGS", "DemoResult", "format_settings", "run_demo", "settings"]
+__all__ = ["DemoResult", "format_settings", "run_demo"]
 
-# Chosen for the demo data (64 x 64 x 32 voxels at 1.5 x 1.5 x 3 mm) and a 2-core CPU: its own spacing,
-# 48 x 48 x 32 patches, instance norm, three levels with the non-local attention on the two coarsest
-# (at 1/2 resolution it costs more than the rest of the network on a CPU), enough epochs for a mean
-# Dice >= 0.85 on the held-out cases (30 epochs: 10 min 48 s on an idle 2-core CPU, 2026-12-02, mean Dice
-# 0.92). 16 features (the preset's): with 8, the full-resolution stage that feeds the 1x1 head was too
-# narrow and from some seeds training settled on predicting no lesion (issue 10 found the same on real
-# MR); with 16, seeds 0-2 ended at validation Dice 0.89-0.93.
-DEMO_SETTINGS: dict[str, Any] = {
-    "network": "attention_unet_3d_small",
-    "network_kwargs": {"init_features": 16, "norm": "instance", "depth": 3, "attention_levels": [2, 3]},
-    "preset": "ct",
-    "roi_size": (48, 48, 32),
-    "pixdim": (1.5, 1.5, 3.0),
-    "epochs": 30,
-    "val_every": 5,
-    "batch_size": 2,
-    "num_samples": 4,
-    "lr": 2e-3,
-    "val_fraction": 0.2,
-}
 DEMO_MODEL_NAME = "attnunet-demo"
 DEMO_ALIAS = "champion"
 # The folders and files the demo writes under its output (the only things --overwrite replaces).
@@ -116,6 +98,7 @@ def run_demo(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    announce: Callable[[TrainConfig], None] | None = None,
     **overrides: Any,
 ) -> DemoResult:
     """Run the demo: data, training with MLflow and registry, held-out segmentation and Dice.
@@ -124,13 +107,15 @@ def run_demo(
         output: the demo folder; an existing non-empty one needs ``overwrite``.
         data: an MSD-layout dataset with ``imagesTs`` (and ``labelsTs`` to score); None writes the
             embedded demo data to ``output/data``.
-        epochs: training epochs (default: ``DEMO_SETTINGS["epochs"]``).
+        epochs: training epochs (default: ``attnunet train``'s, 50).
         tracking_uri: MLflow store; None means ``MLFLOW_TRACKING_URI``, else ``output/mlflow.db``.
         device: training and inference device (default: CUDA when available).
         overwrite: replace the demo's own files in ``output`` (other files there are kept).
         progress: progress bars.
+        announce: called with the planned training config before training starts (the command prints
+            it with :func:`format_settings`).
         overrides: other :class:`~attnunet.pipelines.engines.training.TrainConfig` options
-            (e.g. ``roi_size``, ``network_kwargs``).
+            (e.g. ``roi_size``, ``network_kwargs``); the plan fills the rest.
 
     Returns:
         a :class:`DemoResult`.
@@ -157,7 +142,10 @@ def run_demo(
         artifact_location = (output / "mlartifacts").as_uri()
     data = Path(write_demo_dataset(output / "data") if data is None else data).resolve()
     images, labels = _held_out(data)
-    config = TrainConfig(
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    config = planned_config(
+        "auto",
         data=str(data),
         output=str(output / "train"),
         tracking_uri=tracking_uri,
@@ -168,29 +156,28 @@ def run_demo(
         alias=DEMO_ALIAS,
         device=device,
         progress=progress,
-        **settings(epochs, overrides),
+        **overrides,
     )
+    if announce is not None:
+        announce(config)
     result = train(config)
     predictions, overlay, summary = _segment_held_out(images, labels, output, result, device, progress)
     return DemoResult(output, data, result, predictions, overlay, summary)
 
 
-def settings(epochs: int | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The training options of the demo: :data:`DEMO_SETTINGS` with the caller's changes."""
-    settings = {**DEMO_SETTINGS, **overrides}
-    if epochs is not None:
-        settings["epochs"] = epochs
-        settings["val_every"] = min(settings["val_every"], epochs)
-    return settings
+# The options a demo user would want to see; the rest are attnunet train's defaults.
+_SHOWN = ("network", "network_kwargs", "preset", "pixdim", "roi_size", "batch_size", "num_samples", "epochs",
+          "val_every", "lr", "scheduler", "loss")  # fmt: skip
 
 
-def format_settings(settings: Mapping[str, Any], device: str | None) -> str:
-    """``settings`` (TrainConfig names) as the lines the demo prints before it trains."""
-    rows = {**settings, "device": device or "cuda when available, else cpu"}
+def format_settings(config: TrainConfig) -> str:
+    """The lines the demo prints before it trains: ``config``'s main options, as the plan set them."""
+    rows = {name: getattr(config, name) for name in _SHOWN}
+    rows["device"] = config.device or "cuda when available, else cpu"
     width = max(len(name) for name in rows)
-    lines = ["attnunet demo trains with its own settings (attnunet train's defaults differ):"]
+    lines = ["attnunet demo trains as `attnunet train --data DATA` does, with the plan of its data:"]
     for name, value in rows.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             value = ", ".join(f"{key}={item}" for key, item in value.items())
         elif isinstance(value, (list, tuple)):
             value = " x ".join(str(item) for item in value)
