@@ -278,8 +278,7 @@ def evaluate(
         tolerance_mm: surface Dice tolerance in mm, one for all foreground classes or one per class.
         fov: a folder of field-of-view masks (DRIVE's ``mask/``): every metric is computed inside each
             case's mask only (prediction and label are set to background outside it).
-        overwrite: replace existing result files in ``output_dir``.
-        progress: show a progress bar over the cases.
+        overwrite, progress: replace existing result files in ``output_dir``; a progress bar over cases.
 
     Returns:
         None on a rank other than 0; otherwise the summary: ``num_cases``, ``num_evaluated``,
@@ -292,8 +291,8 @@ def evaluate(
     Raises:
         FileNotFoundError: ``labels`` or ``predictions`` does not exist, or no label file is found.
         FileExistsError: result files exist in ``output_dir`` and ``overwrite`` is False.
-        ValueError: bad ``class_names`` or ``tolerance_mm``, a case name given twice, or an unreadable
-            label (an unreadable prediction is reported as mismatched).
+        ValueError: bad ``class_names``, ``tolerance_mm`` or flag, a case name given twice, or an
+            unreadable label (an unreadable prediction is reported as mismatched).
 
     Example:
         >>> evaluate("preds/", "labelsTs/", output_dir="eval/", class_names=["background", "organ"])[
