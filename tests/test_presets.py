@@ -76,6 +76,20 @@ def test_3d_train_chain_order(preset, expected):
     assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandShiftIntensityd" in chain
 
 
+@pytest.mark.parametrize("preset", ["ct", "mr"])
+def test_flip_axes_choose_the_mirrored_axes(preset):
+    chain = build_transforms(preset, "train", flip_axes=[0])
+    flips = [t.flipper.spatial_axis for t in chain.transforms if type(t).__name__ == "RandFlipd"]
+    assert flips == [0]  # left-right only: anterior stays anterior
+    assert "RandFlipd" not in names(build_transforms(preset, "train", flip_axes=[]))
+
+
+def test_image2d_train_rotates_scales_and_varies_contrast():
+    chain = names(build_transforms("image2d", "train"))
+    assert chain.index("RandAffined") < chain.index("RandCropByPosNegLabeld")  # patches without empty corners
+    assert chain.count("RandFlipd") == 2 and "RandAdjustContrastd" in chain
+
+
 def test_no_spacing_without_pixdim():
     assert "Spacingd" not in names(build_transforms("ct", "val"))
 
@@ -202,6 +216,12 @@ ILL_CASES = [
     (("mr", "train"), {"num_samples": 0}, "num_samples must be >= 1"),
     (("image2d", "train"), {"pixdim": (1.0, 1.0)}, "does not resample"),
     (("image2d", "train"), {"a_min": 0}, r"does not take \['a_min'\]"),
+    (
+        ("mr", "train"),
+        {"flip_axes": [3]},
+        r"distinct RAS axes: 0 \(left-right\).*got \[3\]",
+    ),
+    (("ct", "train"), {"flip_axes": [0, 0]}, r"flip_axes must be distinct.*got \[0, 0\]"),
 ]
 
 

@@ -18,6 +18,7 @@ volume of its series would: after ``Orientationd`` it is in RAS like the image.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from monai.transforms import (
     EnsureTyped,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandScaleIntensityd,
@@ -82,10 +85,16 @@ def _volume_transforms(
     num_samples: int,
     reader: ImageReader | str | None,
     crop_before_intensity: bool,
+    flip_axes: Sequence[int],
 ) -> Compose:
     """The 3D chain shared by CT and MR; ``intensity`` holds the modality's normalisation."""
     keys = _keys(mode)
     _check_common(3, pixdim, roi_size, num_samples)
+    if not set(flip_axes) <= {0, 1, 2} or len(set(flip_axes)) != len(flip_axes):
+        raise ValueError(
+            "flip_axes must be distinct RAS axes: 0 (left-right), 1 (posterior-anterior), 2 "
+            f"(inferior-superior), got {list(flip_axes)}"
+        )
     chain: list[Callable] = [
         LoadImageLabeld(keys, reader=reader),
         EnsureChannelFirstd(keys),
@@ -111,7 +120,7 @@ def _volume_transforms(
                 image_key="image",
                 image_threshold=0.0,
             ),
-            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]
@@ -130,6 +139,7 @@ def ct_transforms(
     a_min: float = -175.0,
     a_max: float = 250.0,
     reader: ImageReader | str | None = None,
+    flip_axes: Sequence[int] = (0, 1, 2),
 ) -> Compose:
     """CT chain: Hounsfield window ``[a_min, a_max]`` clipped and scaled to [0, 1].
 
@@ -143,6 +153,9 @@ def ct_transforms(
         reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
             file type (nibabel for NIfTI, :class:`~attnunet.transforms.readers.SimpleITKReader` for DICOM
             folders, NRRD and MHA). A DICOM SEG label is read onto the image's series either way.
+        flip_axes: RAS axes mirrored at random in training (0 left-right, 1 posterior-anterior, 2
+            inferior-superior). Leave out an axis along which the classes differ by position (the
+            hippocampus' anterior and posterior parts: ``(0,)``).
 
     Example:
         >>> chain = ct_transforms("train", pixdim=(1.5, 1.5, 3.0), roi_size=(48, 48, 32), num_samples=2)
@@ -159,6 +172,7 @@ def ct_transforms(
         num_samples=num_samples,
         reader=reader,
         crop_before_intensity=False,
+        flip_axes=flip_axes,
     )
 
 
@@ -169,6 +183,7 @@ def mr_transforms(
     roi_size: Sequence[int] = DEFAULT_ROI_3D,
     num_samples: int = 4,
     reader: ImageReader | str | None = None,
+    flip_axes: Sequence[int] = (0, 1, 2),
 ) -> Compose:
     """MR chain: z-score over non-zero voxels, each channel on its own (background stays 0).
 
@@ -179,6 +194,9 @@ def mr_transforms(
         num_samples: patches drawn per volume (train only).
         reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
             file type. A DICOM SEG label is read onto the image's series either way.
+        flip_axes: RAS axes mirrored at random in training (0 left-right, 1 posterior-anterior, 2
+            inferior-superior). Leave out an axis along which the classes differ by position (the
+            hippocampus' anterior and posterior parts: ``(0,)``).
 
     Example:
         >>> chain = mr_transforms("infer", pixdim=(1.0, 1.0, 1.0))
@@ -193,6 +211,7 @@ def mr_transforms(
         num_samples=num_samples,
         reader=reader,
         crop_before_intensity=True,
+        flip_axes=flip_axes,
     )
 
 
@@ -207,7 +226,8 @@ def image2d_transforms(
 
     Images are scaled to [0, 1] per channel; masks are read as one grayscale channel and binarised
     (any value >= 0.5 is foreground, so 0/1 and 0/255 masks both work). Training pads to ``roi_size``, draws
-    ``num_samples`` patches and flips horizontally and vertically (the document's augmentation).
+    ``num_samples`` patches and flips horizontally and vertically (the document's augmentation); it also
+    rotates by any angle, scales by up to 15% and varies the contrast (gamma 0.7-1.5).
 
     Args:
         mode: ``"train"``, ``"val"`` or ``"infer"``.
@@ -231,13 +251,20 @@ def image2d_transforms(
         chain.append(AsDiscreted("label", threshold=0.5))
     if mode == "train":
         chain += [
+            # Any angle and +-15% scale, before cropping so that a patch has no empty corners: structures
+            # in 2D pictures (vessels, cells) have no preferred direction (DRIVE: see benchmarks/README.md).
+            RandAffined(
+                keys, prob=0.5, rotate_range=math.pi, scale_range=0.15, mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
             SpatialPadd(keys, spatial_size=roi_size),
             RandCropByPosNegLabeld(
                 keys, label_key="label", spatial_size=roi_size, num_samples=num_samples, image_key="image"
             ),
             RandFlipd(keys, prob=0.5, spatial_axis=0),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
-        ]
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        ]  # fmt: skip
     chain.append(EnsureTyped(keys))
     return Compose(chain)
 
