@@ -291,7 +291,7 @@ def segment(
     The case goes through the spec's preset ``"infer"`` chain, MONAI's sliding-window inferer on the
     devices :func:`~attnunet.pipelines.inference.devices.choose_devices` picks, then back through the
     preset's invertible transforms (orientation, spacing) with ``Invertd``. A window axis larger than the
-    image padded to the network's multiple is clamped to that size, with a warning (a bigger window only
+    image padded to the network's multiple is clamped to that size, logged with the case (a bigger window only
     computes zeros: 256^3 windows on a 64 x 64 x 32 image ran for over 15 minutes).
     """
     preprocess = _preprocessing(spec, case)
@@ -333,8 +333,10 @@ def segment(
     with torch.inference_mode():
         probabilities = inferer(image.as_tensor()[None].to(plan.device), predictor)[0]
     data["pred"] = MetaTensor(probabilities, meta=image.meta, applied_operations=image.applied_operations)
-    # Rebinding ``data`` frees the stitched volume before the label map is made.
-    data = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)(data)
+    # Rebinding ``data`` frees the stitched volume before the label map is made. A 2D picture's chain moves
+    # no pixel (nothing to invert, and MONAI would warn so for every image).
+    if image.applied_operations:
+        data = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)(data)
     probabilities = data["pred"]
     sigmoid = spec.out_channels == 1
     labels = (AsDiscrete(threshold=0.5) if sigmoid else AsDiscrete(argmax=True))(probabilities)
