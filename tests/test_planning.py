@@ -14,6 +14,8 @@ from attnunet.cli import main
 from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.pipelines.planning.plan import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
 from attnunet.pipelines.planning.rules import (
+    CPU_2D_CROPS,
+    cap_2d_patch,
     depth_for,
     patches_per_batch,
     sliding_window_batch,
@@ -263,5 +265,16 @@ def test_plans_the_shared_drive_images():
     plan = plan_dataset(SHARED / "DRIVE" / "training", device="cpu", sample_cases=2)
     assert (plan["cases"], plan["preset"], plan["spatial_dims"], plan["channels"]) == (20, "image2d", 2, 3)
     assert plan["pixdim"] is None and plan["median_shape"] == [565, 584]
-    assert plan["roi_size"] == [576, 608] and plan["depth"] == 5  # whole images, multiples of 2**5
+    # on a CPU, 256 x 256 crops, 4 per image (more steps per minute than whole images)
+    assert plan["roi_size"] == [256, 256] and plan["num_samples"] == 4 and plan["depth"] == 5
+    on_gpu = plan_dataset(SHARED / "DRIVE" / "training", device="cuda", memory_budget_gb=8, sample_cases=2)
+    assert on_gpu["roi_size"] == [576, 608] and on_gpu["num_samples"] == 2  # whole images, multiples of 2**5
     assert 0.05 < plan["classes"]["1"]["frequency"] < 0.15  # vessels: about 9% of the pixels
+
+
+def test_a_2d_patch_is_capped_on_a_cpu_only():
+    assert cap_2d_patch([576, 608], 2, "cpu") == ([256, 256], CPU_2D_CROPS)
+    assert cap_2d_patch([576, 128], 2, "cpu") == ([256, 128], CPU_2D_CROPS)  # a short axis is kept
+    assert cap_2d_patch([256, 192], 2, "cpu") == ([256, 192], None)  # small pictures: whole, default crops
+    assert cap_2d_patch([576, 608], 2, "cuda:0") == ([576, 608], None)
+    assert cap_2d_patch([320, 320, 320], 3, "cpu") == ([320, 320, 320], None)  # 3D: nnU-Net's rule alone

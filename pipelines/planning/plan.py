@@ -39,6 +39,7 @@ from attnunet.pipelines.planning.rules import MAX_DEPTH as MAX_DEPTH
 from attnunet.pipelines.planning.rules import MIN_BOTTOM_VOXELS as MIN_BOTTOM_VOXELS
 from attnunet.pipelines.planning.rules import (
     bytes_per_voxel,
+    cap_2d_patch,
     choose_patch,
     choose_preset,
     depth_for,
@@ -185,13 +186,15 @@ def _training(
     init_features = int(overrides.get("init_features", 32 if device.startswith("cuda") else 16))
     budget = memory_budget_bytes(memory_budget_gb, device)
     roi_size = overrides.get("roi_size")
+    crops = None
     if roi_size is None:
         roi_size = choose_patch(median_shape, overrides.get("depth"), init_features, spatial_dims, budget)
+        roi_size, crops = cap_2d_patch(roi_size, spatial_dims, device)
     roi_size = [int(r) for r in roi_size]
     depth = int(overrides.get("depth") or depth_for(roi_size))
     per_sample = math.prod(roi_size) * bytes_per_voxel(init_features, spatial_dims, depth)
     patches = patches_per_batch(roi_size, per_sample, float(np.sum(np.prod(resampled, axis=1))), budget)
-    num_samples = int(overrides.get("num_samples", 2))
+    num_samples = int(overrides.get("num_samples", crops or 2))
     batch_size = int(overrides.get("batch_size", max(1, patches // num_samples)))
     fields = {
         "roi_size": roi_size,
