@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
     command = top.parse_args(argv[:1]).command
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # attnunet's own progress at INFO; other libraries only warn (highdicom logs every attribute it copies)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("attnunet").setLevel(logging.DEBUG if verbose else logging.INFO)
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"attnunet {command}", description=help_text)

@@ -4,6 +4,8 @@ broken series (a missing or duplicated slice) stopped with one line, exit 2 and 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -121,3 +123,13 @@ def test_a_broken_series_stops_inference_with_one_line(checkpoint, tmp_path, cap
     assert code == 2 and len(error.splitlines()) == 1
     assert str(folder) in error and message in error
     assert not output.exists()
+
+
+def test_the_command_logs_its_own_progress_not_every_attribute_highdicom_copies(checkpoint, tmp_path):
+    series = real("mr_hippocampus_crop_study1")
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "attnunet", "infer", str(series), "--model", str(checkpoint),
+               "--output", str(output), "--output-format", "dicom-seg", "--no-progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    assert "INFO attnunet.pipelines.inference.predict" in done.stderr  # the per-case line stays
+    assert "highdicom" not in done.stderr  # 'copy attributes of module ...' for every SEG
