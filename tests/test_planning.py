@@ -15,8 +15,10 @@ from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.pipelines.planning.plan import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
 from attnunet.pipelines.planning.rules import (
     CPU_2D_CROPS,
+    MIN_ORDERED_CASES,
     cap_2d_patch,
     depth_for,
+    mirror_axes,
     patches_per_batch,
     sliding_window_batch,
     target_spacing,
@@ -258,6 +260,15 @@ def test_plans_the_shared_hippocampus_like_nnunet():
     assert plan["roi_size"] == [40, 56, 40] and plan["depth"] == 3
     assert [c["name"] for c in plan["classes"].values()] == ["background", "Anterior", "Posterior"]
     assert all(0.01 < c["frequency"] < 0.05 for c in list(plan["classes"].values())[1:])
+    assert "flip_axes" not in plan["preset_kwargs"]  # 4 cases are too few to call an order fixed
+
+
+@pytest.mark.skipif(not (SHARED / "Task04_Hippocampus").is_dir(), reason="../shared/data is absent")
+def test_the_hippocampus_is_mirrored_left_right_only():
+    # the posterior class lies behind and above the anterior one in every case; left-right it varies
+    for sampled in (12, 20):
+        plan = plan_dataset(SHARED / "Task04_Hippocampus", device="cpu", sample_cases=sampled)
+        assert plan["preset_kwargs"] == {"flip_axes": [0]}
 
 
 @pytest.mark.skipif(not (SHARED / "DRIVE" / "training").is_dir(), reason="../shared/data is absent")
@@ -278,3 +289,27 @@ def test_a_2d_patch_is_capped_on_a_cpu_only():
     assert cap_2d_patch([256, 192], 2, "cpu") == ([256, 192], None)  # small pictures: whole, default crops
     assert cap_2d_patch([576, 608], 2, "cuda:0") == ([576, 608], None)
     assert cap_2d_patch([320, 320, 320], 3, "cpu") == ([320, 320, 320], None)  # 3D: nnU-Net's rule alone
+
+
+def test_mirror_axes_keeps_out_the_axes_along_which_classes_keep_their_order():
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(size=(MIN_ORDERED_CASES, 1, 3))  # one pair of classes, random order
+    offsets[:, 0, 0] = rng.choice([-1.0, 1.0], MIN_ORDERED_CASES) * 5
+    offsets[:, 0, 0][:2] = [-5.0, 5.0]  # both orders occur along left-right
+    offsets[:, 0, 1] = -np.abs(offsets[:, 0, 1]) - 1.5  # always behind, by more than a voxel
+    offsets[:, 0, 2] = np.abs(offsets[:, 0, 2]) + 1.5  # always above
+    mm = (1.0, 1.0, 1.0)
+    assert mirror_axes(offsets, mm) == [0]
+    assert mirror_axes(offsets, (1.0, 1.0, 2.0)) == [0, 2]  # some cases within one 2 mm voxel: no order
+    assert mirror_axes(offsets[1:], mm) == [0, 1, 2]  # one case fewer than MIN_ORDERED_CASES: chance
+    with_gap = np.concatenate([offsets, np.full((3, 1, 3), np.nan)])  # cases without both classes
+    assert mirror_axes(with_gap, mm) == [0]
+    assert mirror_axes(np.zeros((0, 0, 3)), mm) == [0, 1, 2]  # one foreground class
+
+
+def test_classes_in_a_fixed_place_are_not_mirrored_onto_each_other(tmp_path):
+    # write_msd puts class 2 after class 1 along the first axis in every case
+    root = write_msd(tmp_path / "mr", [(16, 16, 8)] * MIN_ORDERED_CASES, [(1.0,) * 3] * MIN_ORDERED_CASES)
+    assert plan_dataset(root, device="cpu")["preset_kwargs"] == {"flip_axes": [1, 2]}
+    few = write_msd(tmp_path / "few", [(16, 16, 8)] * 3, [(1.0,) * 3] * 3)
+    assert plan_dataset(few, device="cpu")["preset_kwargs"] == {}

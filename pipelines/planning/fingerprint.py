@@ -8,8 +8,11 @@ plans in minutes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
+from scipy import ndimage
 
 from attnunet.pipelines.data.datasets import DatasetIndex
 from attnunet.pipelines.data.files import innermost_cause
@@ -19,6 +22,7 @@ from attnunet.transforms.headers import ImageHeader, binary_mask, loader_for, re
 __all__ = [
     "FOREGROUND_SAMPLE_PER_CASE",
     "MR_WORDS",
+    "VoxelStatistics",
     "class_frequencies",
     "declared_preset",
     "read_headers",
@@ -82,20 +86,41 @@ def read_headers(index: DatasetIndex) -> list[ImageHeader]:
     return headers
 
 
-def voxel_statistics(
-    index: DatasetIndex, sample_cases: int, num_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Foreground intensities (a bounded random sample per case), voxel counts per class, cases read, and
-    the darkest case's 0.5th intensity percentile over the whole image (air, for a CT)."""
+@dataclass(frozen=True)
+class VoxelStatistics:
+    """What the sampled cases' voxels say.
+
+    Attributes:
+        intensities: foreground intensities, a bounded random sample per case.
+        counts: voxels per class.
+        cases: cases read.
+        darkest: the darkest case's 0.5th intensity percentile over the whole image (air, for a CT).
+        class_offsets: ``(cases, pairs, 3)`` world (RAS, mm) offsets from the centroid of foreground class
+            ``i`` to that of class ``j``, for each pair ``i < j``; NaN where a case lacks either class.
+            ``(0, 0, 3)`` for 2D images and for fewer than two foreground classes.
+    """
+
+    intensities: np.ndarray
+    counts: np.ndarray
+    cases: int
+    darkest: float
+    class_offsets: np.ndarray
+
+
+def voxel_statistics(index: DatasetIndex, sample_cases: int, num_classes: int, seed: int) -> VoxelStatistics:
+    """The :class:`VoxelStatistics` of at most ``sample_cases`` cases spread evenly over the dataset."""
     positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
     rng = np.random.default_rng(seed)
     counts = np.zeros(num_classes, dtype=np.int64)
     foreground: list[np.ndarray] = []
+    offsets: list[np.ndarray] = []
     darkest = np.inf
     for position in positions.astype(int):
-        image, label = _read_case(index.items[position], index.modality, num_classes)
+        image, label, affine = _read_case(index.items[position], index.modality, num_classes)
         darkest = min(darkest, float(np.percentile(image, 0.5)))
         counts += np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+        if label.ndim == 3 and num_classes > 2:
+            offsets.append(_class_offsets(label, affine, num_classes))
         mask = label > 0
         if image.ndim > mask.ndim:  # channels last (2D RGB): one intensity per channel and voxel
             picked = image[mask].ravel()
@@ -104,14 +129,29 @@ def voxel_statistics(
         if picked.size:
             foreground.append(rng.choice(picked, min(picked.size, FOREGROUND_SAMPLE_PER_CASE), replace=False))
     intensities = np.concatenate(foreground) if foreground else np.zeros(1, dtype=np.float32)
-    return intensities, counts, len(positions), darkest
+    class_offsets = np.stack(offsets) if offsets else np.zeros((0, 0, 3))
+    return VoxelStatistics(intensities, counts, len(positions), darkest, class_offsets)
 
 
-def _read_case(item: Mapping[str, str], modality: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A case's image and label as arrays; label values outside the classes are an error."""
+def _class_offsets(label: np.ndarray, affine: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(pairs, 3)``: world offsets between the foreground classes' centroids (NaN where one is absent)."""
+    present = np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[1:num_classes] > 0
+    centres = np.full((num_classes - 1, 3), np.nan)
+    found = [int(c) for c in np.flatnonzero(present) + 1]
+    if found:
+        voxels = np.asarray(ndimage.center_of_mass(np.ones(label.shape, np.uint8), label, found))
+        centres[present] = voxels @ affine[:3, :3].T + affine[:3, 3]
+    return np.array([centres[j] - centres[i] for i, j in combinations(range(num_classes - 1), 2)])
+
+
+def _read_case(
+    item: Mapping[str, str], modality: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A case's image, label and the label's RAS affine; label values outside the classes are an error."""
     try:
         image = np.asarray(loader_for(item["image"])(item["image"]), dtype=np.float32)
-        label = np.asarray(loader_for(item["label"], mask=True)(item["label"]))
+        loaded = loader_for(item["label"], mask=True)(item["label"])
+        label, affine = np.asarray(loaded), np.asarray(loaded.affine, dtype=np.float64)
     except Exception as error:  # MONAI wraps the reader's error; report the file and the cause
         raise DataValidationError(
             f"{item['image']} or its label {item['label']} cannot be read: {innermost_cause(error)}"
@@ -123,7 +163,7 @@ def _read_case(item: Mapping[str, str], modality: str, num_classes: int) -> tupl
         raise DataValidationError(
             f"{item['label']}: label values {unknown} are not among the declared classes 0..{num_classes - 1}"
         )
-    return image, label
+    return image, label, affine
 
 
 def class_frequencies(labels: Mapping[str, str], counts: np.ndarray) -> dict[str, dict[str, object]]:

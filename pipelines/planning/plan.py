@@ -44,6 +44,7 @@ from attnunet.pipelines.planning.rules import (
     choose_preset,
     depth_for,
     memory_budget_bytes,
+    mirror_axes,
     network_kwargs,
     normalisation,
     patches_per_batch,
@@ -123,13 +124,13 @@ def plan_dataset(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = discover_dataset(data)
     headers = read_headers(index)
-    intensities, counts, sampled_cases, darkest = voxel_statistics(
-        index, int(sample_cases), len(index.labels), seed
-    )
-    preset, preset_source = choose_preset(index, darkest, overrides)
+    stats = voxel_statistics(index, int(sample_cases), len(index.labels), seed)
+    preset, preset_source = choose_preset(index, stats.darkest, overrides)
     geometry, resampled = _geometry(headers, overrides)
     training, memory = _training(geometry["median_shape"], resampled, overrides, device, memory_budget_gb)
-    scheme, preset_kwargs = normalisation(preset, intensities)
+    scheme, preset_kwargs = normalisation(preset, stats.intensities)
+    if geometry["pixdim"] and (axes := mirror_axes(stats.class_offsets, geometry["pixdim"])) != [0, 1, 2]:
+        preset_kwargs["flip_axes"] = axes
     return {
         "format": PLAN_FORMAT,
         "dataset": str(index.root),
@@ -144,10 +145,10 @@ def plan_dataset(
         **training,
         "normalisation": scheme,
         "preset_kwargs": dict(overrides.get("preset_kwargs", preset_kwargs)),
-        "classes": class_frequencies(index.labels, counts),
+        "classes": class_frequencies(index.labels, stats.counts),
         "device": device,
         **memory,
-        "sampled_cases": sampled_cases,
+        "sampled_cases": stats.cases,
         "overrides": sorted(overrides),
     }
 
