@@ -118,9 +118,10 @@ def voxel_statistics(index: DatasetIndex, sample_cases: int, num_classes: int, s
     for position in positions.astype(int):
         image, label, affine = _read_case(index.items[position], index.modality, num_classes)
         darkest = min(darkest, float(np.percentile(image, 0.5)))
-        counts += np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+        case_counts = np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+        counts += case_counts
         if label.ndim == 3 and num_classes > 2:
-            offsets.append(_class_offsets(label, affine, num_classes))
+            offsets.append(_class_offsets(label, affine, case_counts[1:] > 0))
         mask = label > 0
         if image.ndim > mask.ndim:  # channels last (2D RGB): one intensity per channel and voxel
             picked = image[mask].ravel()
@@ -133,15 +134,15 @@ def voxel_statistics(index: DatasetIndex, sample_cases: int, num_classes: int, s
     return VoxelStatistics(intensities, counts, len(positions), darkest, class_offsets)
 
 
-def _class_offsets(label: np.ndarray, affine: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(pairs, 3)``: world offsets between the foreground classes' centroids (NaN where one is absent)."""
-    present = np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[1:num_classes] > 0
-    centres = np.full((num_classes - 1, 3), np.nan)
+def _class_offsets(label: np.ndarray, affine: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``(pairs, 3)``: world offsets between the foreground classes' centroids (NaN where one is absent);
+    ``present[k]`` says whether class ``k + 1`` has voxels in ``label``."""
+    centres = np.full((present.size, 3), np.nan)
     found = [int(c) for c in np.flatnonzero(present) + 1]
     if found:
         voxels = np.asarray(ndimage.center_of_mass(np.ones(label.shape, np.uint8), label, found))
         centres[present] = voxels @ affine[:3, :3].T + affine[:3, 3]
-    return np.array([centres[j] - centres[i] for i, j in combinations(range(num_classes - 1), 2)])
+    return np.array([centres[j] - centres[i] for i, j in combinations(range(present.size), 2)])
 
 
 def _read_case(
