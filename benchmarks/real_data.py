@@ -1,27 +1,24 @@
-"""Accuracy per minute on real data: every network trained by one pipeline for one wall-clock budget.
+"""Accuracy per minute on real data: every network trained by attnunet's pipeline for one wall-clock budget.
 
-Each model gets the same cases, the same transforms (the project's MR or CT preset, random patches,
-flips and intensity jitter), the same loss (MONAI ``DiceCELoss``), optimiser (Adam) and schedule, and the
-same wall-clock budget for training. The schedule is nnU-Net's polynomial decay, on elapsed time
-instead of on the epoch count, so every model is annealed to the end of its own budget however fast
-it runs. Then each is scored on cases it never saw: sliding-window inference (Gaussian blending) on the
-whole volume, Dice and HD95 per class (MONAI's metrics, in voxels).
+The cases of an MSD dataset are split once (``split_items``, ``--test-fraction``, ``--seed``); the
+held-out ones never reach training or planning. Each model is then trained exactly as
+
+    attnunet train --data TRAIN --network NAME --time-budget MINUTES --no-track
+
+trains it (the plan of the training cases, its preset and augmentation, ``DiceCELoss``, Adam, the
+schedule annealed to the end of the budget, validation on 20% of the training cases, the best
+checkpoint kept), then segmented and scored as ``attnunet infer`` (sliding window, flip TTA) and
+``attnunet evaluate`` do it: Dice, HD95 (mm) and surface Dice per class on the held-out cases.
 
 Models (``--models``, labels from ``MODELS``): our network with each attention mode, MONAI's ``UNet``
-and ``AttentionUnet`` at the same widths, and nnU-Net's ``PlainConvUNet`` (package
-``dynamic-network-architectures``) configured as nnU-Net plans Hippocampus 3d_fullres: four stages of
-32, 64, 128, 256 features (nnU-Net pools while every axis keeps at least 4 voxels: its 40x56x40 patch
-allows three poolings), strides 1, 2, 2, 2, two 3x3x3 convolutions per stage, instance norm and leaky
-ReLU (its own widths, not ours: that is what a user of nnU-Net gets). Every model gets the same patch
-size (``--roi-size``), not nnU-Net's own.
-
-The training is the pipeline's, written here with MONAI's ``SupervisedTrainer`` because ``attnunet
-train`` has no wall-clock budget yet; validation during training is left out so that the whole budget
-goes to training, the same for every model.
+and ``AttentionUnet`` at the plan's depth and width, and nnU-Net's ``PlainConvUNet`` (package
+``dynamic-network-architectures``) at the widths nnU-Net plans for MSD Hippocampus 3d_fullres (32...256,
+stride 1 then 2, two convolutions per stage, instance norm, leaky ReLU; what a user of nnU-Net gets).
+Every model gets the plan's patch, batch and preset: the network is the only difference.
 
 Run (the figures in README.md)::
 
-    python benchmarks/real_data.py --data ../shared/data/Task04_Hippocampus --minutes 5 --test-cases 20
+    python benchmarks/real_data.py --data ../shared/data/Task04_Hippocampus --minutes 20 --output bench
 """
 
 from __future__ import annotations
@@ -29,157 +26,107 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import harness
-import torch
 from harness import print_rows, write_json
-from ignite.engine import Events
-from monai.data import CacheDataset, DataLoader, Dataset
-from monai.engines import SupervisedTrainer
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.networks.utils import one_hot
-from monai.utils import set_determinism
 
-from attnunet.networks import create_network
+from attnunet.models import load_model
 from attnunet.pipelines.data.datasets import discover_dataset, split_items
-from attnunet.transforms.presets import build_transforms
+from attnunet.pipelines.engines.config import config_from_plan
+from attnunet.pipelines.engines.training import train
+from attnunet.pipelines.evaluation.metrics import evaluate
+from attnunet.pipelines.inference.predict import infer
+from attnunet.pipelines.planning.plan import plan_dataset
 
 # the speed benchmarks' models, and nnU-Net's network at its own widths
 MODELS = {**harness.MODELS, "nnU-Net PlainConvUNet": ("nnunet_plain_conv_unet", {})}
-POLY_EXPONENT = 0.9  # nnU-Net's PolyLRScheduler
 
 
-def _poly_on_time(optimizer: torch.optim.Optimizer, budget_s: float, started: list[float]):
-    """LambdaLR factor ``(1 - elapsed / budget) ** 0.9``, read at every iteration."""
+def training_folder(data: Path, folder: Path, test_fraction: float, seed: int) -> tuple[Path, list[dict]]:
+    """A folder whose ``dataset.json`` lists the training cases (at their own paths), and the held-out cases.
 
-    def factor(_step: int) -> float:
-        elapsed = time.perf_counter() - started[0] if started else 0.0
-        return max(1.0 - elapsed / budget_s, 0.0) ** POLY_EXPONENT
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def train_for(network, train_ds, args, budget_s: float) -> dict:
-    """Train ``network`` with MONAI's ``SupervisedTrainer`` until ``budget_s`` seconds have passed."""
-    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, num_workers=0)
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    started: list[float] = []
-    scheduler = _poly_on_time(optimizer, budget_s, started)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=10**6,  # the budget ends the run
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
-    )
-
-    @trainer.on(Events.STARTED)
-    def _start(_engine) -> None:
-        started.append(time.perf_counter())
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _step(engine) -> None:
-        scheduler.step()
-        if time.perf_counter() - started[0] >= budget_s:
-            engine.terminate()
-
-    trainer.run()
-    return {"minutes": (time.perf_counter() - started[0]) / 60, "iterations": trainer.state.iteration}
-
-
-def score(network, test_items, args, num_classes: int) -> dict:
-    """Mean Dice and HD95 per foreground class on ``test_items`` (whole volumes, sliding window).
-
-    HD95 is undefined for a case where a class is not predicted (or not labelled): it is averaged over
-    the other cases, ``missed`` counts those cases per class, and a class never predicted has HD95 None.
+    A ``dataset.json`` with absolute paths makes a subset a dataset every command reads; nothing is copied.
     """
-    dice = DiceMetric(include_background=False, reduction="mean_batch")
-    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
-    chain = build_transforms(args.preset, "val")
-    network.eval()
-    with torch.inference_mode():
-        for item in Dataset(test_items, chain):
-            image = item["image"].as_tensor()[None]
-            logits = sliding_window_inference(image, args.roi_size, 4, network, overlap=0.5, mode="gaussian")
-            prediction = one_hot(logits.argmax(1, keepdim=True), num_classes)
-            label = one_hot(item["label"].as_tensor()[None].long(), num_classes)
-            dice(prediction, label)
-            hd95(prediction, label)
-    distances = hd95.aggregate()  # (cases, classes), NaN or inf where a class is absent from a prediction
-    missed = (~distances.isfinite()).sum(0).tolist()
-    mean = distances.where(distances.isfinite(), float("nan")).nanmean(0).tolist()
-    return {
-        "dice": dice.aggregate().tolist(),
-        # None (JSON null) for a class never predicted: there is no distance to average
-        "hd95": [None if n == len(distances) else v for n, v in zip(missed, mean, strict=True)],
-        "missed": missed,
-    }
+    index = discover_dataset(data)
+    if index.layout != "msd":
+        raise SystemExit(f"{data}: the benchmark splits MSD datasets (dataset.json), not {index.layout!r}")
+    train_items, test_items = split_items(index.items, test_fraction, seed)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta.update(
+        training=[{"image": item["image"], "label": item["label"]} for item in train_items],
+        numTraining=len(train_items),
+        test=[],
+        numTest=0,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return folder, test_items
 
 
-def run_model(label: str, train_ds, test_items, args, num_classes: int, in_channels: int) -> dict:
-    set_determinism(seed=args.seed)
+def run_model(label: str, plan: dict, train_dir: Path, test_items: list[dict], args) -> dict:
+    """Train one model for the budget, segment and score the held-out cases; one table row."""
     name, kwargs = MODELS[label]
-    kwargs = dict(kwargs, spatial_dims=len(args.roi_size), in_channels=in_channels, out_channels=num_classes)
-    if name != "nnunet_plain_conv_unet":
-        kwargs["init_features"] = args.init_features
-    network = create_network(name, **kwargs)
-    params = sum(p.numel() for p in network.parameters()) / 1e6
-    row = {"model": label, "params_m": params, **train_for(network, train_ds, args, args.minutes * 60)}
-    row.update(score(network, test_items, args, num_classes))
+    output = args.output / label.replace(" ", "_")
+    config = config_from_plan(
+        plan, data=str(train_dir), output=str(output), network=name, network_kwargs=dict(kwargs),
+        time_budget=args.minutes, track=False, progress=False, seed=args.seed,
+    )  # fmt: skip
+    started = time.perf_counter()
+    result = train(config)
+    minutes = (time.perf_counter() - started) / 60
+    images = [item["image"] for item in test_items]
+    infer(images, output / "pred", model=result.best_checkpoint, progress=False)
+    summary = evaluate(
+        output / "pred", [item["label"] for item in test_items], output_dir=output / "eval",
+        class_names={key: value["name"] for key, value in plan["classes"].items()}, progress=False,
+    )  # fmt: skip
+    network, _ = load_model(result.best_checkpoint)
+    row = {
+        "model": label,
+        "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
+        "minutes": minutes,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "classes": summary["classes"],
+    }
     print(json.dumps(row), flush=True)
     return row
 
 
-def _distance(row: dict, c: int) -> str:
-    """HD95 cell: the mean distance (``-`` for a class never predicted) and the cases missed."""
-    value = row["hd95"][c]
-    return f"{'-' if value is None else f'{value:.2f}'} ({row['missed'][c]})"
+def _distance(hd95: dict) -> str:
+    """HD95 cell: the mean over the cases where the class was predicted, and how many those were."""
+    return "-" if hd95["mean"] is None else f"{hd95['mean']:.2f} (n={hd95['n']})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/Task04_Hippocampus")
-    parser.add_argument("--preset", default="mr")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/Task04_Hippocampus"))
+    parser.add_argument("--output", type=Path, required=True, help="new folder for the runs and predictions")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
-    parser.add_argument("--train-cases", type=int, default=60)
-    parser.add_argument("--test-cases", type=int, default=30)
-    parser.add_argument("--roi-size", type=int, nargs="+", default=[48, 64, 48])
-    parser.add_argument(
-        "--init-features", type=int, default=16, help="widths of all but nnU-Net's (the README table: 8)"
-    )
-    parser.add_argument("--batch-size", type=int, default=2, help="cases per batch (2 patches each)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="share of the cases held out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of every run")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.output.exists():
+        raise SystemExit(f"--output {args.output} exists; give a new folder (nothing in it is replaced)")
 
-    index = discover_dataset(args.data)
-    # the split is fixed by the seed; the test cases never reach the training
-    train_items, test_items = split_items(index.items, val_fraction=0.3, seed=args.seed)
-    train_items, test_items = train_items[: args.train_cases], test_items[: args.test_cases]
-    chain = build_transforms(args.preset, "train", roi_size=args.roi_size, num_samples=2)
-    train_ds = CacheDataset(train_items, chain, num_workers=0, progress=False)
-    num_classes = len(index.labels)
-    in_channels = int(train_ds[0][0]["image"].shape[0])
-    rows = [run_model(m, train_ds, test_items, args, num_classes, in_channels) for m in args.models]
+    train_dir, test_items = training_folder(args.data, args.output / "train", args.test_fraction, args.seed)
+    plan = plan_dataset(train_dir)
+    rows = [run_model(label, plan, train_dir, test_items, args) for label in args.models]
 
-    names = [index.labels[str(c)] for c in range(1, num_classes)]
+    names = [plan["classes"][key]["name"] for key in sorted(plan["classes"], key=int) if key != "0"]
     columns = {
         "params (M)": lambda row, _: f"{row['params_m']:.2f}",
         "minutes": lambda row, _: f"{row['minutes']:.1f}",
-        "iterations": lambda row, _: str(row["iterations"]),
+        "epochs (best)": lambda row, _: f"{row['epochs']} ({row['best_epoch']})",
     }
-    for c, name in enumerate(names):
-        columns[f"Dice {name}"] = lambda row, _, c=c: f"{row['dice'][c]:.3f}"
-    for c, name in enumerate(names):
-        columns[f"HD95 {name} (cases missed)"] = lambda row, _, c=c: _distance(row, c)
-    print(f"\n{len(train_items)} training cases, {len(test_items)} held-out cases, {args.minutes} min each\n")
+    for name in names:
+        columns[f"Dice {name}"] = lambda row, _, n=name: f"{row['classes'][n]['dice']['mean']:.3f}"
+    for name in names:
+        columns[f"HD95 {name} (mm)"] = lambda row, _, n=name: _distance(row["classes"][n]["hd95"])
+    print(f"\n{plan['cases']} training cases, {len(test_items)} held-out cases, {args.minutes} min each\n")
     print_rows(rows, columns)
     write_json(args.json, rows)
 

@@ -166,7 +166,7 @@ def test_prediction_is_in_the_input_voxel_grid(threshold_bundle, tmp_path):
     """Orientation is undone voxel for voxel: the known per-voxel rule holds in the input's own grid."""
     volume = random_volume(seed=1)
     image = save_nifti(tmp_path / "scan.nii.gz", volume, oblique_affine())
-    plain = infer(image, tmp_path / "plain", model=threshold_bundle, progress=False)
+    plain = infer(image, tmp_path / "plain", model=threshold_bundle, tta=False, progress=False)
     labels, _ = read(plain[0])
     assert np.array_equal(labels, expected_classes(volume))
     # the convolution is flip-equivariant, so flip TTA must give the same segmentation
@@ -177,12 +177,34 @@ def test_prediction_is_in_the_input_voxel_grid(threshold_bundle, tmp_path):
 def test_tta_averages_flips_for_a_real_network(checkpoint, tmp_path):
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=2), oblique_affine())
     options = {"model": checkpoint, "probabilities": True, "progress": False}
-    infer(image, tmp_path / "plain", **options)
-    infer(image, tmp_path / "tta", tta=True, **options)
+    infer(image, tmp_path / "plain", tta=False, **options)
+    infer(image, tmp_path / "tta", **options)  # on by default
     plain = read(tmp_path / "plain" / "probabilities" / "scan.nii.gz")[0]
     averaged = read(tmp_path / "tta" / "probabilities" / "scan.nii.gz")[0]
     assert averaged.shape == plain.shape and np.allclose(averaged.sum(-1), 1.0, atol=1e-4)
     assert not np.allclose(averaged, plain)
+
+
+def test_tta_mirrors_only_the_axes_the_model_was_trained_mirrored(tmp_path):
+    """A model trained unmirrored along an axis (MSD Hippocampus: front to back) is not flipped along it."""
+    torch.manual_seed(0)
+    model = create_network("attention_unet", **TINY)
+    image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=3), oblique_affine())
+    averaged = {}
+    for name, flips in (("none", []), ("left_right", [0]), ("all", [0, 1, 2])):
+        config = {**CONFIG, "preset_kwargs": {**CONFIG["preset_kwargs"], "flip_axes": flips}}
+        path = save_checkpoint(
+            tmp_path / f"{name}.pt",
+            {"spec": _spec(config, TINY).to_dict(), "model": model.state_dict(), "config": config},
+        )
+        options = {"model": path, "probabilities": True, "progress": False}
+        infer(image, tmp_path / name / "plain", tta=False, **options)
+        infer(image, tmp_path / name / "tta", tta=True, **options)
+        averaged[name] = read(tmp_path / name / "tta" / "probabilities" / "scan.nii.gz")[0]
+        plain = read(tmp_path / name / "plain" / "probabilities" / "scan.nii.gz")[0]
+        # a model trained without mirroring gets no flips, so TTA changes nothing
+        assert np.allclose(averaged[name], plain, atol=1e-6) == (name == "none")
+    assert not np.allclose(averaged["left_right"], averaged["all"], atol=1e-4)
 
 
 def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
@@ -371,7 +393,8 @@ def test_cli(threshold_bundle, tmp_path, capsys):
         str(tmp_path / "out"),
         "--no-progress",
     ]
-    assert main([*argv, "--roi-size", "8", "8", "8", "--blend", "constant", "--tta", "--probabilities"]) == 0
+    options = ["--roi-size", "8", "8", "8", "--blend", "constant", "--no-tta", "--probabilities"]
+    assert main([*argv, *options]) == 0
     assert (tmp_path / "out" / "probabilities" / "scan.nii.gz").is_file()
     assert main(argv) == 2
     assert "exist" in capsys.readouterr().err

@@ -58,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blend", choices=BLEND_MODES, default="gaussian", help="window blending (default: %(default)s)"
     )
     parser.add_argument(
-        "--tta", action="store_true", help="average over flips along each axis (default: off)"
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average over flips along each axis the model was trained mirrored along (default: on)",
     )
     parser.add_argument(
         "--largest-component",

@@ -76,7 +76,7 @@ class Windows:
     overlap: float
     sw_batch_size: int
     blend: str = "gaussian"
-    tta: bool = False
+    tta: bool = True
     largest_component: bool = False
     sw_device: str = "auto"
     device: str = "auto"
@@ -134,6 +134,17 @@ def _predictor(
         return total / (1 + len(flip_axes))
 
     return predict
+
+
+def _trained_flips(spec: ModelSpec) -> list[int]:
+    """Batch axes of the windows to mirror at test time: those the model was mirrored along in training.
+
+    A plan that keeps an axis unmirrored (the two hippocampus classes keep their order front to back)
+    trained the model on one orientation only; a flipped window along that axis shows it anatomy it
+    never saw. The infer chain puts images in RAS, so RAS axis ``a`` is window axis ``a + 2``.
+    """
+    axes = spec.preset_kwargs.get("flip_axes", range(spec.spatial_dims))
+    return [axis + 2 for axis in axes]
 
 
 def _preprocessing(spec: ModelSpec, case: InferenceCase) -> Compose:
@@ -211,7 +222,7 @@ def infer(
     overlap: float | None = None,
     sw_batch_size: int | None = None,
     blend: str = "gaussian",
-    tta: bool = False,
+    tta: bool = True,
     largest_component: bool = False,
     probabilities: bool = False,
     output_format: str = "nifti",
@@ -230,7 +241,8 @@ def infer(
         tracking_uri: the MLflow store of a ``models:/`` model (default: ``MLFLOW_TRACKING_URI``).
         roi_size, overlap, sw_batch_size: sliding windows; None: the model spec's own.
         blend: ``"gaussian"`` (down-weights window borders) or ``"constant"``.
-        tta: average the softmax over flips along each spatial axis (1 + spatial_dims passes).
+        tta: average the softmax over flips along each axis the model was mirrored along in training
+            (its preset's ``flip_axes``; every spatial axis by default).
         largest_component: keep only the largest connected component of each foreground class.
         output_format: ``"nifti"`` (``<case>.nii.gz``) or ``"dicom-seg"`` (``<case>.dcm``: a DICOM SEG
             per input series, a segment per foreground class, referencing the series).
@@ -321,7 +333,7 @@ def segment(
     predictor = _predictor(
         model,
         sigmoid=spec.out_channels == 1,
-        flip_axes=range(2, 2 + spec.spatial_dims) if windows.tta else (),
+        flip_axes=_trained_flips(spec) if windows.tta else (),
         amp=plan.sw_device.type == "cuda",
     )
     # An image smaller than the planned patch is the common case (the patch covers the median shape),
