@@ -43,8 +43,8 @@ from attnunet.pipelines.planning.plan import plan_dataset
 MODELS = {**harness.MODELS, "nnU-Net PlainConvUNet": ("nnunet_plain_conv_unet", {})}
 
 
-def training_folder(data: Path, folder: Path, test_fraction: float, seed: int) -> tuple[Path, list[dict]]:
-    """A folder whose ``dataset.json`` lists the training cases (at their own paths), and the held-out cases.
+def write_training_folder(data: Path, folder: Path, test_fraction: float, seed: int) -> list[dict]:
+    """Write ``folder/dataset.json`` listing the training cases at their own paths; return the held-out rest.
 
     A ``dataset.json`` with absolute paths makes a subset a dataset every command reads; nothing is copied.
     """
@@ -61,7 +61,7 @@ def training_folder(data: Path, folder: Path, test_fraction: float, seed: int) -
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dataset.json").write_text(json.dumps(meta, indent=1))
-    return folder, test_items
+    return test_items
 
 
 def run_model(label: str, plan: dict, train_dir: Path, test_items: list[dict], args) -> dict:
@@ -112,7 +112,8 @@ def main() -> None:
     if args.output.exists():
         raise SystemExit(f"--output {args.output} exists; give a new folder (nothing in it is replaced)")
 
-    train_dir, test_items = training_folder(args.data, args.output / "train", args.test_fraction, args.seed)
+    train_dir = args.output / "train"
+    test_items = write_training_folder(args.data, train_dir, args.test_fraction, args.seed)
     plan = plan_dataset(train_dir)
     rows = [run_model(label, plan, train_dir, test_items, args) for label in args.models]
 

@@ -241,8 +241,7 @@ def infer(
         tracking_uri: the MLflow store of a ``models:/`` model (default: ``MLFLOW_TRACKING_URI``).
         roi_size, overlap, sw_batch_size: sliding windows; None: the model spec's own.
         blend: ``"gaussian"`` (down-weights window borders) or ``"constant"``.
-        tta: average the softmax over flips along each axis the model was mirrored along in training
-            (its preset's ``flip_axes``; every spatial axis by default).
+        tta: average the softmax over flips along the axes mirrored in training (the preset's flip_axes).
         largest_component: keep only the largest connected component of each foreground class.
         output_format: ``"nifti"`` (``<case>.nii.gz``) or ``"dicom-seg"`` (``<case>.dcm``: a DICOM SEG
             per input series, a segment per foreground class, referencing the series).
