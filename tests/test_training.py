@@ -21,6 +21,7 @@ from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.cli import main
 from attnunet.pipelines.engines import TrainConfig, train
 from attnunet.pipelines.engines.handlers import further_epochs
+from attnunet.pipelines.engines.training import BUDGET_EPOCH_STEPS
 from attnunet.pipelines.planning.plan import load_plan
 
 ILL_CASES = [
@@ -237,6 +238,8 @@ def test_time_budget_chooses_the_epochs_and_anneals_to_the_last(demo_dataset, tm
     choice = result.config["time_budget_choice"]
     assert 1 <= result.epochs == choice["epochs"] == result.config["epochs"] < 1000
     assert choice["first_epoch_seconds"] > 0 and choice["validation_seconds"] > 0
+    # 2 training cases, a batch of 2: one step a pass, so 50 passes make an epoch (not 1 step)
+    assert choice["epoch_steps"] == BUDGET_EPOCH_STEPS == 50
     assert load_checkpoint(result.last_checkpoint)["scheduler"]["T_max"] == result.epochs
     rates = [record["lr"] for record in result.history]
     # Never raised, and annealed to 0 at the epoch chosen last (how fast depends on when the budget knew it).

@@ -94,8 +94,9 @@ class TrainConfig:
             config from one.
         time_budget: minutes the whole run (training and validation) may take; after every epoch the
             number of epochs is set to what fits at the last epoch's speed (``epochs`` is then only an
-            upper bound's starting value), with the cosine schedule annealed to 0 at the last one.
-            None trains ``epochs`` epochs.
+            upper bound's starting value), with the cosine schedule annealed to 0 at the last one;
+            an epoch is then at least 50 steps (whole passes over the training cases). None trains
+            ``epochs`` epochs of one pass each.
 
     Example:
         >>> config = TrainConfig(data="data/demo", output="runs/demo", roi_size=(64, 64, 32), epochs=2)

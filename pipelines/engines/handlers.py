@@ -173,6 +173,7 @@ class TimeBudget:
             )  # fmt: skip
         self.choice.update(
             epochs=epochs,
+            epoch_steps=trainer.state.epoch_length,
             first_epoch_seconds=self.choice.get("first_epoch_seconds", round(now - self.started, 3)),
             epoch_seconds=round(median(self._epoch_seconds[-3:]), 3),
             validation_seconds=round(validation, 3),

@@ -39,6 +39,7 @@ from ignite.engine import Engine, Events
 from monai.data import DataLoader, partition_dataset
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.utils import set_determinism
+from torch.utils.data import RandomSampler
 
 from attnunet.atomic import atomic_output
 from attnunet.checkpoints import load_checkpoint
@@ -76,6 +77,8 @@ from attnunet.transforms.presets import build_transforms
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "train"]
 
 logger = logging.getLogger(__name__)
+
+BUDGET_EPOCH_STEPS = 50  # the fewest optimiser steps in an epoch of a time-budgeted run
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -193,8 +196,9 @@ class _Run:
         amp = config.amp and device.type == "cuda"
         train_ds, val_ds = datasets
         train_loader = DataLoader(
-            train_ds, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers
-        )
+            train_ds, batch_size=config.batch_size, num_workers=config.num_workers,
+            sampler=RandomSampler(train_ds, num_samples=_epoch_cases(config, len(train_ds))),
+        )  # fmt: skip
         val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=config.num_workers)
         self.evaluator = create_evaluator(
             model, val_loader, loss, out_channels=spec.out_channels, roi_size=config.roi_size,
@@ -329,6 +333,16 @@ def _attach_handlers(
         schedule.attach(run.trainer)  # after the budget has set the schedule's length
     validate_at_the_end(run.trainer, run.evaluator)
     return budget or statistics
+
+
+def _epoch_cases(config: TrainConfig, cases: int) -> int:
+    """Cases one epoch draws: every case once, and for a time-budgeted run enough shuffled passes to make
+    :data:`BUDGET_EPOCH_STEPS` steps (as nnU-Net fixes an epoch at 250 steps): with a handful of cases
+    (DRIVE: 11 steps) the first validations came after too few steps to find the smaller class, and
+    each epoch's validation and loader restart took a large share of the budget."""
+    if config.time_budget is None:
+        return cases
+    return max(cases, -(-BUDGET_EPOCH_STEPS * config.batch_size // cases) * cases)
 
 
 def _log_epoch_start(engine: Engine) -> None:
