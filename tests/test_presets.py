@@ -16,7 +16,13 @@ from PIL import Image
 
 from attnunet.pipelines.data.files import innermost_cause
 from attnunet.transforms.dicom_series import list_dicom_series
-from attnunet.transforms.presets import build_transforms, ct_transforms, image2d_transforms, mr_transforms
+from attnunet.transforms.presets import (
+    build_transforms,
+    ct_transforms,
+    image2d_transforms,
+    mirrored_axes,
+    mr_transforms,
+)
 from attnunet.transforms.readers import SimpleITKReader
 
 SIEMENS = Path(__file__).parents[2] / "shared" / "data" / "dicom" / "ct_20slices_siemens"
@@ -76,12 +82,29 @@ def test_3d_train_chain_order(preset, expected):
     assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandShiftIntensityd" in chain
 
 
-@pytest.mark.parametrize("preset", ["ct", "mr"])
+@pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])
 def test_flip_axes_choose_the_mirrored_axes(preset):
     chain = build_transforms(preset, "train", flip_axes=[0])
     flips = [t.flipper.spatial_axis for t in chain.transforms if type(t).__name__ == "RandFlipd"]
     assert flips == [0]  # left-right only: anterior stays anterior
     assert "RandFlipd" not in names(build_transforms(preset, "train", flip_axes=[]))
+
+
+@pytest.mark.parametrize(
+    "preset, options, expected",
+    [
+        ("ct", {}, (0, 1, 2)),
+        ("mr", {"flip_axes": [0]}, (0,)),
+        ("image2d", {}, (0, 1)),
+        ("image2d", {"flip_axes": []}, ()),
+    ],
+)
+def test_mirrored_axes_are_those_the_training_chain_flips(preset, options, expected):
+    assert mirrored_axes(preset, options) == expected
+    chain = build_transforms(preset, "train", **options)
+    assert (
+        tuple(t.flipper.spatial_axis for t in chain.transforms if type(t).__name__ == "RandFlipd") == expected
+    )
 
 
 def test_image2d_train_rotates_scales_and_varies_contrast():
@@ -222,6 +245,7 @@ ILL_CASES = [
         r"distinct RAS axes: 0 \(left-right\).*got \[3\]",
     ),
     (("ct", "train"), {"flip_axes": [0, 0]}, r"flip_axes must be distinct.*got \[0, 0\]"),
+    (("image2d", "train"), {"flip_axes": [2]}, r"distinct image axes: 0 \(rows\), 1 \(columns\), got \[2\]"),
 ]
 
 

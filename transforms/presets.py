@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from monai.data import ImageReader, PILReader
 from monai.transforms import (
@@ -53,6 +54,7 @@ __all__ = [
     "MODES",
     "Preset",
     "build_transforms",
+    "mirrored_axes",
     "ct_transforms",
     "mr_transforms",
     "image2d_transforms",
@@ -76,6 +78,14 @@ def _check_common(spatial_dims: int, pixdim, roi_size, num_samples: int) -> None
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
+def _check_flip_axes(flip_axes: Sequence[int], spatial_dims: int) -> None:
+    axes = "RAS axes: 0 (left-right), 1 (posterior-anterior), 2 (inferior-superior)"
+    if spatial_dims == 2:
+        axes = "image axes: 0 (rows), 1 (columns)"
+    if not set(flip_axes) <= set(range(spatial_dims)) or len(set(flip_axes)) != len(flip_axes):
+        raise ValueError(f"flip_axes must be distinct {axes}, got {list(flip_axes)}")
+
+
 def _volume_transforms(
     mode: str,
     intensity: list[Callable],
@@ -90,11 +100,7 @@ def _volume_transforms(
     """The 3D chain shared by CT and MR; ``intensity`` holds the modality's normalisation."""
     keys = _keys(mode)
     _check_common(3, pixdim, roi_size, num_samples)
-    if not set(flip_axes) <= {0, 1, 2} or len(set(flip_axes)) != len(flip_axes):
-        raise ValueError(
-            "flip_axes must be distinct RAS axes: 0 (left-right), 1 (posterior-anterior), 2 "
-            f"(inferior-superior), got {list(flip_axes)}"
-        )
+    _check_flip_axes(flip_axes, 3)
     chain: list[Callable] = [
         LoadImageLabeld(keys, reader=reader),
         EnsureChannelFirstd(keys),
@@ -221,12 +227,13 @@ def image2d_transforms(
     pixdim: Sequence[float] | None = None,
     roi_size: Sequence[int] = DEFAULT_ROI_2D,
     num_samples: int = 4,
+    flip_axes: Sequence[int] = (0, 1),
 ) -> Compose:
     """2D chain for PNG/TIFF images and binary masks (the reference document's case), read with PILReader.
 
     Images are scaled to [0, 1] per channel; masks are read as one grayscale channel and binarised
     (any value >= 0.5 is foreground, so 0/1 and 0/255 masks both work). Training pads to ``roi_size``, draws
-    ``num_samples`` patches and flips horizontally and vertically (the document's augmentation); it also
+    ``num_samples`` patches and flips along ``flip_axes`` (the document's augmentation); it also
     rotates by any angle, scales by up to 15% and varies the contrast (gamma 0.7-1.5).
 
     Args:
@@ -234,6 +241,7 @@ def image2d_transforms(
         pixdim: must be None: 2D images carry no physical spacing to resample to.
         roi_size: training patch size (train only).
         num_samples: patches drawn per image (train only).
+        flip_axes: image axes mirrored at random in training (0 rows, 1 columns).
 
     Example:
         >>> chain = image2d_transforms("train", roi_size=(128, 128), num_samples=2)
@@ -243,6 +251,7 @@ def image2d_transforms(
         raise ValueError(f"the image2d preset does not resample; pass pixdim=None, got {pixdim}")
     keys = _keys(mode)
     _check_common(2, pixdim, roi_size, num_samples)
+    _check_flip_axes(flip_axes, 2)
     chain: list[Callable] = [LoadImageLabeld("image", reader=PILReader())]
     if "label" in keys:
         chain.append(LoadImageLabeld("label", reader=PILReader(converter=grayscale)))
@@ -261,8 +270,7 @@ def image2d_transforms(
             RandCropByPosNegLabeld(
                 keys, label_key="label", spatial_size=roi_size, num_samples=num_samples, image_key="image"
             ),
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
         ]  # fmt: skip
     chain.append(EnsureTyped(keys))
@@ -321,3 +329,16 @@ def build_transforms(preset: str, mode: str, **kwargs) -> Compose:
     if unknown:
         raise ValueError(f"preset {preset!r} does not take {unknown}; its options are {accepted}")
     return factory(mode, **kwargs)
+
+
+def mirrored_axes(preset: str, preset_kwargs: Mapping[str, Any]) -> tuple[int, ...]:
+    """The axes the preset's training chain mirrors at random with these options (its default when unset).
+
+    Test-time flips must stay within them: a model never shown an axis mirrored has not learnt that view.
+
+    Example:
+        >>> mirrored_axes("mr", {}), mirrored_axes("mr", {"flip_axes": [0]}), mirrored_axes("image2d", {})
+        ((0, 1, 2), (0,), (0, 1))
+    """
+    factory = look_up_option(preset, PRESETS).build
+    return tuple(preset_kwargs.get("flip_axes", inspect.signature(factory).parameters["flip_axes"].default))

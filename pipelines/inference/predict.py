@@ -55,7 +55,7 @@ from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
 from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
-from attnunet.transforms.presets import build_transforms
+from attnunet.transforms.presets import build_transforms, mirrored_axes
 from attnunet.transforms.readers import SimpleITKReader
 
 __all__ = ["BLEND_MODES", "OUTPUT_FORMATS", "Windows", "infer", "segment"]
@@ -143,8 +143,7 @@ def _trained_flips(spec: ModelSpec) -> list[int]:
     trained the model on one orientation only; a flipped window along that axis shows it anatomy it
     never saw. The infer chain puts images in RAS, so RAS axis ``a`` is window axis ``a + 2``.
     """
-    axes = spec.preset_kwargs.get("flip_axes", range(spec.spatial_dims))
-    return [axis + 2 for axis in axes]
+    return [axis + 2 for axis in mirrored_axes(spec.preset, spec.preset_kwargs)]
 
 
 def _preprocessing(spec: ModelSpec, case: InferenceCase) -> Compose:
