@@ -338,11 +338,12 @@ def _attach_handlers(
 def _epoch_cases(config: TrainConfig, cases: int) -> int:
     """Cases one epoch draws: every case once, and for a time-budgeted run enough shuffled passes to make
     :data:`BUDGET_EPOCH_STEPS` steps (as nnU-Net fixes an epoch at 250 steps): with a handful of cases
-    (DRIVE: 11 steps) the first validations came after too few steps to find the smaller class, and
+    (DRIVE: 12 steps) the first validations came after too few steps to find the smaller class, and
     each epoch's validation and loader restart took a large share of the budget."""
     if config.time_budget is None:
         return cases
-    return max(cases, -(-BUDGET_EPOCH_STEPS * config.batch_size // cases) * cases)
+    passes = -(-BUDGET_EPOCH_STEPS * config.batch_size // cases)  # ceiling division: at least one pass
+    return passes * cases
 
 
 def _log_epoch_start(engine: Engine) -> None:
