@@ -40,6 +40,8 @@ mkdir -p "$OUT"
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     fi
     # --noconftest: the suite's conftest writes DICOM with SimpleITK, which the device lacks
-    python -m pytest -q --noconftest -p no:cacheprovider tests/test_devices.py tests/test_cuda.py
+    # -P: the checkout's own attnunet/ folder must not shadow the installed package (whose attnunet.pipelines
+    # and attnunet.transforms come from the top-level folders)
+    python -P -m pytest -q --noconftest -p no:cacheprovider tests/test_devices.py tests/test_cuda.py
     python benchmarks/gpu_check.py "${DRY[@]}" --json "$OUT/gpu_check.json"
 } 2>&1 | tee "$OUT/gpu_check.log"
