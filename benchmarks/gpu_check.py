@@ -232,7 +232,8 @@ def main() -> int:
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --dry-run on a CPU")
     size = SIZES["dry" if args.dry_run else "gpu"]
-    device = torch.device("cpu" if args.dry_run else "cuda")
+    # an indexed device: torch.cuda.set_per_process_memory_fraction rejects a bare torch.device("cuda")
+    device = torch.device("cpu") if args.dry_run else torch.device("cuda", torch.cuda.current_device())
     half = None if args.dry_run else torch.float16
     rows: list[dict] = []
 
