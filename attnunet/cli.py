@@ -18,7 +18,7 @@ from typing import Any
 
 from attnunet.atomic import DiskFullError
 
-__all__ = ["COMMANDS", "USER_ERRORS", "key_values", "main"]
+__all__ = ["COMMANDS", "USER_ERRORS", "configure_logging", "key_values", "main"]
 
 # Errors that mean "the input, the arguments or the machine's room are wrong", as opposed to a bug.
 USER_ERRORS = (
@@ -76,6 +76,13 @@ def key_values(pairs: Sequence[str] | None, option: str) -> dict[str, Any]:
     return parsed
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """attnunet's own progress (one line per epoch, per case) at INFO, or DEBUG when ``verbose``; other
+    libraries only warn (highdicom logs every attribute it copies)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("attnunet").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def _top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnunet",
@@ -104,9 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
     command = top.parse_args(argv[:1]).command
-    # attnunet's own progress at INFO; other libraries only warn (highdicom logs every attribute it copies)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("attnunet").setLevel(logging.DEBUG if verbose else logging.INFO)
+    configure_logging(verbose)
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"attnunet {command}", description=help_text)

@@ -31,6 +31,7 @@ from pathlib import Path
 import harness
 from harness import print_rows, write_json
 
+from attnunet.cli import configure_logging
 from attnunet.models import load_model
 from attnunet.pipelines.data.datasets import discover_dataset, split_items
 from attnunet.pipelines.engines.config import config_from_plan
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of every run")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    configure_logging()  # the runs' epoch lines, as `attnunet train` prints them
     if args.output.exists():
         raise SystemExit(f"--output {args.output} exists; give a new folder (nothing in it is replaced)")
 

@@ -24,6 +24,7 @@ def test_real_data_benchmark_trains_scores_and_holds_cases_out(demo_dataset, tmp
     assert set(row["classes"]) == {"organ", "lesion"}
     assert all(0.0 <= row["classes"][c]["dice"]["mean"] <= 1.0 for c in row["classes"])
     assert "| MONAI UNet |" in done.stdout
+    assert "epoch 1: train_loss=" in done.stderr  # the runs' progress is shown, as `attnunet train` shows it
     # the held-out case is neither in the training dataset.json nor among the training run's cases
     training = json.loads((out / "train" / "dataset.json").read_text())["training"]
     predicted = sorted(p.name for p in (out / "MONAI_UNet" / "pred").glob("*.nii.gz"))
