@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from attnunet.cli import main
+from attnunet.networks import create_network
 from attnunet.pipelines.data.validation import DataValidationError
+from attnunet.pipelines.engines import config_from_plan
 from attnunet.pipelines.planning.plan import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
 from attnunet.pipelines.planning.rules import (
     CPU_2D_CROPS,
@@ -147,6 +149,19 @@ def test_overrides_replace_a_field_and_what_follows_from_it(tmp_path):
     assert plan["network_kwargs"]["init_features"] == 8 and plan["overrides"] == ["init_features", "pixdim"]
     fixed = plan_dataset(root, device="cpu", overrides={"roi_size": [32, 32, 16], "batch_size": 5})
     assert fixed["roi_size"] == [32, 32, 16] and fixed["batch_size"] == 5 and fixed["depth"] == 2
+
+
+def test_a_run_without_attention_takes_the_plan_but_not_its_attention_levels(tmp_path):
+    root = write_msd(tmp_path / "mr", [(30, 40, 20)] * 2, [(1.0,) * 3] * 2)
+    plan = plan_dataset(root, device="cpu")
+    assert plan["network_kwargs"]["attention_levels"]  # the plan places attention
+    options = {"data": str(root), "output": str(tmp_path / "run"), "network": "attention_unet"}
+    none = config_from_plan(plan, **options, network_kwargs={"attention": "none"})
+    assert "attention_levels" not in none.network_kwargs  # the network refuses levels without attention
+    assert none.network_kwargs["init_features"] == plan["init_features"]  # the rest of the plan stays
+    create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, **none.network_kwargs)
+    gate = config_from_plan(plan, **options, network_kwargs={"attention": "gate"})
+    assert gate.network_kwargs["attention_levels"] == plan["network_kwargs"]["attention_levels"]
 
 
 def test_unknown_override_is_refused_with_the_list(tmp_path):

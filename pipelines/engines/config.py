@@ -234,7 +234,8 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
     """A :class:`TrainConfig` whose options not given in ``options`` come from ``plan``.
 
     ``network_kwargs`` and ``preset_kwargs`` are merged key by key (``options`` win); the plan's
-    preset options are dropped when ``options`` choose another preset.
+    preset options are dropped when ``options`` choose another preset, and its ``attention_levels``
+    when they choose ``attention="none"``.
 
     Example:
         >>> config = config_from_plan(load_plan("plan.json"), data="Task04", output="run")  # doctest: +SKIP
@@ -244,7 +245,11 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
     if options.get("preset", plan["preset"]) != plan["preset"]:
         planned["preset_kwargs"] = {}
     merged = {**planned, **options}
-    merged["network_kwargs"] = {**planned["network_kwargs"], **options.get("network_kwargs", {})}
+    chosen = options.get("network_kwargs", {})
+    merged["network_kwargs"] = {**planned["network_kwargs"], **chosen}
+    if chosen.get("attention") == "none" and "attention_levels" not in chosen:
+        # the plan's levels place attention blocks; a network chosen without attention has none to place
+        merged["network_kwargs"].pop("attention_levels", None)
     merged["preset_kwargs"] = {**planned["preset_kwargs"], **options.get("preset_kwargs", {})}
     return TrainConfig(plan=dict(plan), **merged)
 
