@@ -1,8 +1,9 @@
-"""Building blocks of :class:`attnunet.AttentionUNet`: the non-local block, the attention gate, a
-decoder stage, and the CPU inference path that runs them.
+"""Building blocks of :class:`attnunet.AttentionUNet`: the encoder's convolution pair and downsampling
+stage, the non-local block, the attention gate, a decoder stage, and the CPU inference path that runs them.
 
-The plain convolutions come from MONAI (``Convolution``, ``UpSample``); only
-the attention blocks and the stage that wires them are written here.
+The plain convolutions come from MONAI (``Convolution``, ``UpSample``); :class:`TwoConv` and :class:`Down`
+are MONAI's ``basic_unet`` blocks of the same names (same children, so the same parameter names) with a
+kernel and pooling size per axis.
 
 The inference path (:func:`inference_path_applies`, :func:`forward_inference`) computes what the
 modules compute, with the same parameters, in fewer and cheaper passes: eval-mode batch norm folded
@@ -12,6 +13,8 @@ matrix products on (position, channel) tokens. It is only taken where nothing ca
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +33,110 @@ from attnunet.inference_path import (
 __all__ = [
     "AttentionGate",
     "DecoderStage",
+    "Down",
     "NonLocalBlock",
+    "TwoConv",
     "channels_last",
     "forward_inference",
     "inference_path_applies",
 ]
+
+
+class TwoConv(nn.Sequential):
+    """Two ``conv -> norm -> dropout -> act`` blocks (MONAI ``Convolution``), the first from ``in_channels``
+    to ``out_channels``: MONAI's ``basic_unet.TwoConv`` with a kernel size per axis.
+
+    Padding ``kernel_size // 2`` per axis keeps the spatial size. With ``kernel_size=3`` the children,
+    their parameters and their initialisation are those of MONAI's block.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels of the input.
+        out_channels: channels of both convolutions' outputs.
+        kernel_size: an odd int, or one per axis (e.g. ``(3, 3, 1)``: in-plane only). Defaults to 3.
+        norm: normalisation name or (name, kwargs) for MONAI's ``Norm`` factory.
+        act: activation name or (name, kwargs) for MONAI's ``Act`` factory.
+        dropout: dropout after each convolution.
+
+    Example::
+
+        >>> TwoConv(3, 2, 8, kernel_size=(3, 3, 1))(torch.randn(1, 2, 6, 5, 3)).shape
+        torch.Size([1, 8, 6, 5, 3])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int | Sequence[int] = 3,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, channels in (("conv_0", in_channels), ("conv_1", out_channels)):
+            conv = Convolution(
+                spatial_dims,
+                channels,
+                out_channels,
+                kernel_size=kernel_size,
+                act=act,
+                norm=norm,
+                dropout=dropout,
+            )
+            self.add_module(name, conv)  # padding: MONAI's same_padding, kernel_size // 2 per axis
+
+
+class Down(nn.Sequential):
+    """Max-pooling by ``pool_size`` (kernel and stride, per axis), then :class:`TwoConv`: MONAI's
+    ``basic_unet.Down`` with a pooling and kernel size per axis.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        pool_size: 1 or 2, or one per axis (e.g. ``(2, 2, 1)``: the last axis is not downsampled).
+            Defaults to 2.
+        kernel_size: the convolutions' kernel size (see :class:`TwoConv`). Defaults to 3.
+        norm: normalisation name or (name, kwargs) for MONAI's ``Norm`` factory.
+        act: activation name or (name, kwargs) for MONAI's ``Act`` factory.
+        dropout: dropout after each convolution.
+
+    Example::
+
+        >>> Down(3, 4, 8, pool_size=(2, 2, 1), kernel_size=(3, 3, 1))(torch.randn(1, 4, 8, 6, 3)).shape
+        torch.Size([1, 8, 4, 3, 3])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        pool_size: int | Sequence[int] = 2,
+        kernel_size: int | Sequence[int] = 3,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        pool_size = pool_size if isinstance(pool_size, int) else tuple(pool_size)
+        self.add_module("max_pooling", Pool["max", spatial_dims](kernel_size=pool_size))
+        self.add_module(
+            "convs",
+            TwoConv(
+                spatial_dims,
+                in_channels,
+                out_channels,
+                kernel_size=kernel_size,
+                norm=norm,
+                act=act,
+                dropout=dropout,
+            ),
+        )
 
 
 class NonLocalBlock(nn.Module):
@@ -42,9 +144,9 @@ class NonLocalBlock(nn.Module):
 
     ``h = act(norm(conv1x1(x)))`` with ``out_channels`` channels; ``theta``, ``phi`` (``out_channels // 8``
     channels, at least 1) and ``g`` (``out_channels // 2``, at least 1) are 1x1 convolutions of ``h``;
-    ``phi`` and ``g`` are max-pooled by 2 (``ceil_mode``, so odd sizes and size 1 work); the block returns
-    ``W(softmax(theta^T phi) g) + h`` with ``W`` a 1x1 convolution back to ``out_channels`` (the
-    "embedded Gaussian" form of Wang et al., without scaling).
+    ``phi`` and ``g`` are max-pooled by ``pool_size`` (2 per axis by default; ``ceil_mode``, so odd sizes
+    and size 1 work); the block returns ``W(softmax(theta^T phi) g) + h`` with ``W`` a 1x1 convolution
+    back to ``out_channels`` (the "embedded Gaussian" form of Wang et al., without scaling).
 
     The attention is computed by :func:`torch.nn.functional.scaled_dot_product_attention` with
     ``scale=1.0`` on contiguous ``(batch, 1 head, positions, channels)`` tensors, so PyTorch picks its
@@ -62,6 +164,9 @@ class NonLocalBlock(nn.Module):
         act: activation of ``h``, a name or (name, kwargs) for MONAI's ``Act`` factory.
         zero_init: initialise ``W`` to zero so the block starts as ``h`` (the identity on the attention
             path), as Wang et al. do.
+        pool_size: the keys' and values' max-pooling (kernel and stride), 1 or 2, or one per axis: in
+            :class:`attnunet.AttentionUNet`, the pooling of the block's level, so an axis the encoder does
+            not pool (thick slices) is not pooled here either. Defaults to 2.
 
     Example::
 
@@ -79,6 +184,7 @@ class NonLocalBlock(nn.Module):
         norm: str | tuple = "batch",
         act: str | tuple = "relu",
         zero_init: bool = False,
+        pool_size: int | Sequence[int] = 2,
     ) -> None:
         super().__init__()
         key_channels = max(out_channels // 8, 1)
@@ -91,7 +197,8 @@ class NonLocalBlock(nn.Module):
         self.phi = conv(out_channels, key_channels, kernel_size=1)
         self.g = conv(out_channels, value_channels, kernel_size=1)
         self.W = conv(value_channels, out_channels, kernel_size=1)
-        self.pool = Pool["max", spatial_dims](kernel_size=2, ceil_mode=True)
+        pool_size = pool_size if isinstance(pool_size, int) else tuple(pool_size)
+        self.pool = Pool["max", spatial_dims](kernel_size=pool_size, ceil_mode=True)
         # The CPU flash kernel needs one head size for queries, keys and values; zero channels added to
         # theta and phi leave every dot product theta^T phi unchanged.
         self.key_padding = value_channels - key_channels
@@ -218,8 +325,9 @@ class AttentionGate(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """One decoder level: attention (or a plain projection) at the coarse level, 2x upsampling,
-    optional gating of the skip, concatenation with the skip and one 3x3 convolution.
+    """One decoder level: attention (or a plain projection) at the coarse level, upsampling by
+    ``scale_factor`` (2x per axis by default), optional gating of the skip, concatenation with the skip and
+    one ``kernel_size`` (3x3 by default) convolution.
 
     The reference document's decoder has no 3x3 convolution at all (attention, upsampling and
     concatenation only), which leaves the skip and the upsampled feature unmixed at full resolution; one
@@ -239,6 +347,9 @@ class DecoderStage(nn.Module):
         dropout: dropout after the convolution.
         upsample: MONAI ``UpSample`` mode: ``"nontrainable"`` (linear interpolation) or ``"deconv"``.
         zero_init_attention: see :class:`NonLocalBlock`.
+        scale_factor: the upsampling, 1 or 2, or one per axis: the pooling of the encoder level the stage
+            starts at, which is also the non-local block's key pooling. Defaults to 2.
+        kernel_size: the convolution's kernel size, an odd int or one per axis. Defaults to 3.
 
     Example::
 
@@ -259,12 +370,20 @@ class DecoderStage(nn.Module):
         dropout: float = 0.0,
         upsample: str = "nontrainable",
         zero_init_attention: bool = False,
+        scale_factor: int | Sequence[int] = 2,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         super().__init__()
         out_channels = in_channels // 2
         if attention == "nonlocal":
             self.attention: nn.Module = NonLocalBlock(
-                spatial_dims, in_channels, out_channels, norm=norm, act=act, zero_init=zero_init_attention
+                spatial_dims,
+                in_channels,
+                out_channels,
+                norm=norm,
+                act=act,
+                zero_init=zero_init_attention,
+                pool_size=scale_factor,
             )
         else:
             self.attention = Convolution(
@@ -276,10 +395,16 @@ class DecoderStage(nn.Module):
                 spatial_dims, skip_channels, out_channels, skip_channels // 2, norm=norm, act=act
             )
         self.upsample = UpSample(
-            spatial_dims, out_channels, out_channels, scale_factor=2, mode=upsample, pre_conv=None
+            spatial_dims, out_channels, out_channels, scale_factor=scale_factor, mode=upsample, pre_conv=None
         )
         self.conv = Convolution(
-            spatial_dims, skip_channels + out_channels, out_channels, act=act, norm=norm, dropout=dropout
+            spatial_dims,
+            skip_channels + out_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            act=act,
+            norm=norm,
+            dropout=dropout,
         )
 
     def merge(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@
 - ONNX: ``torch.onnx.export`` with the dynamo exporter and opset 23, where the non-local attention
   becomes ONNX's fused ``Attention`` operator (so runtimes can use their memory-efficient kernels instead
   of a positions x positions matrix). The graph is exported for the example input's shape (the padding
-  to a multiple of ``2**depth`` is resolved at export time); use sliding-window inference with that ROI
-  size for other images. Weights are stored inside the ``.onnx`` file (no external data).
+  to a multiple of the network's pooling, per axis, is resolved at export time); use sliding-window
+  inference with that ROI size for other images. Weights are stored inside the ``.onnx`` file (no
+  external data).
 
 Files are written to a temporary name beside ``path`` and renamed when complete; an existing file is
 never replaced unless ``overwrite=True``.

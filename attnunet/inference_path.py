@@ -52,8 +52,8 @@ def forward_inference(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for a module of :class:`attnunet.AttentionUNet` in eval mode, computed faster.
 
     MONAI ``Convolution`` blocks go through :func:`_convolution_inference`; the attention blocks and the
-    decoder stage through their ``forward_inference``; plain ``nn.Sequential`` containers (MONAI's
-    ``TwoConv``, ``Down``, ``UpSample``) child by child; anything else is called as it is. Only call
+    decoder stage through their ``forward_inference``; plain ``nn.Sequential`` containers (``TwoConv``,
+    ``Down``, MONAI's ``UpSample``) child by child; anything else is called as it is. Only call
     it where :func:`inference_path_applies`.
     """
     if isinstance(module, Convolution):

@@ -8,6 +8,7 @@ and spec its run logged.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -15,7 +16,6 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from pydoc import locate
 from typing import Any
 
 import torch
@@ -141,16 +141,33 @@ def _lookup(config: Mapping[str, Any], reference: str, folder: Path) -> Any:
 
 
 def _safe_builder(definition: Any) -> Callable[..., torch.nn.Module]:
-    """The class a resolved ``network_def`` names, if it is in attnunet or ``monai.networks``."""
+    """The network class a resolved ``network_def`` names: an ``nn.Module`` subclass defined in attnunet
+    or ``monai.networks``, or :func:`attnunet.networks.create_network`.
+
+    The name is split into a module and one attribute of it, and the object must be defined there:
+    a dotted path that walks through a module's attributes into another module (``monai.networks.utils.
+    torch.hub.load``) names no module under the allowed packages and is refused, as is any function.
+    """
+    from attnunet.networks import create_network
+
     target = definition.get("_target_", "") if isinstance(definition, Mapping) else ""
-    if not str(target).startswith(SAFE_TARGETS):
-        raise ValueError(
-            f"network_def's _target_ {target!r} is outside attnunet and monai.networks; attnunet "
-            f"loads models without running code from their files: {_BUNDLE_RUN_HINT}"
-        )
-    builder = locate(target)
-    if builder is None:
-        raise ValueError(f"network_def's _target_ {target!r} does not name a class")
+    refused = ValueError(
+        f"network_def's _target_ {target!r} is not a network class of attnunet or monai.networks; "
+        f"attnunet loads models without running code from their files: {_BUNDLE_RUN_HINT}"
+    )
+    module_name, _, attribute = str(target).rpartition(".")
+    if not str(target).startswith(SAFE_TARGETS) or not attribute:
+        raise refused
+    try:
+        builder = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError):
+        raise refused from None
+    if builder is create_network:
+        return builder
+    defined_in = getattr(builder, "__module__", "") or ""
+    is_network = isinstance(builder, type) and issubclass(builder, torch.nn.Module)
+    if not is_network or not (defined_in + ".").startswith(SAFE_TARGETS):
+        raise refused
     return builder
 
 

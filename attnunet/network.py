@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import split_args
-from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import look_up_option
 from torch import nn
 
-from attnunet.blocks import DecoderStage, channels_last, forward_inference, inference_path_applies
+from attnunet.blocks import (
+    DecoderStage,
+    Down,
+    TwoConv,
+    channels_last,
+    forward_inference,
+    inference_path_applies,
+)
 
 __all__ = ["ATTENTION_MODES", "AttentionUNet"]
 
@@ -25,6 +33,31 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+def _sizes_per_level(
+    name: str, value: object, entries: str, count: int, spatial_dims: int, default: int, odd: bool
+) -> tuple[tuple[int, ...], ...]:
+    """``value`` (``count`` lists of ``spatial_dims`` ints, or None for ``default`` everywhere) as a tuple
+    of tuples; a ``ValueError`` naming ``name``, the rule and the value where it breaks the rule."""
+    if value is None:
+        return ((default,) * spatial_dims,) * count
+    rule = "odd and positive (padding k // 2 keeps the size)" if odd else "1 or 2 (pooled by 2, or not)"
+    shape = f"{entries} lists of spatial_dims={spatial_dims} ints, each {rule}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
+        raise ValueError(f"AttentionUNet: {name} must be {shape}, got {value!r}")
+    sizes = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != spatial_dims:
+            raise ValueError(f"AttentionUNet: {name} must be {shape}; {name}[{i}] is {entry!r}")
+        for size in entry:
+            valid = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+            if not valid or (size % 2 != 1 or size < 1 if odd else size not in (1, 2)):
+                raise ValueError(
+                    f"AttentionUNet: {name} must be {shape}; {name}[{i}] = {list(entry)!r} has {size!r}"
+                )
+        sizes.append(tuple(int(size) for size in entry))
+    return tuple(sizes)
+
+
 class AttentionUNet(nn.Module):
     """U-Net whose decoder levels apply attention: the reference document's network, in 2D and 3D.
 
@@ -32,17 +65,22 @@ class AttentionUNet(nn.Module):
     encoder stages, each a 2x max-pool and two convolutions that double the features
     (32, 64, 128, 256, 512 by default); a bottom block of two convolutions; ``depth`` decoder stages, each
     ``attention -> 2x linear upsampling -> concat with the skip -> one 3x3 convolution`` halving the
-    features; a final 1x1 convolution to ``out_channels`` logits.
+    features; a final 1x1 convolution to ``out_channels`` logits. ``pool_sizes`` and ``kernel_sizes``
+    change the 2x and the 3x3 per level and per axis (nnU-Net's ``pool_op_kernel_sizes`` and
+    ``conv_kernel_sizes``, MONAI ``DynUNet``'s ``strides`` and ``kernel_size``): the decoder stage that
+    starts at level ``k`` upsamples by level ``k``'s pooling, and the stage that ends at level ``k`` uses
+    level ``k``'s kernel.
 
     With ``attention="nonlocal"`` the decoder's attention is the document's non-local block
     (:class:`attnunet.blocks.NonLocalBlock`) applied to the coarse decoder feature before upsampling, so
-    it runs at 1/2 ... 1/2**depth of the input resolution, never at full resolution. ``"gate"`` puts Oktay
-    et al.'s additive gates on the skips instead; ``"none"`` is the same U-Net without attention.
+    it runs at levels 1 ... depth (1/2 ... 1/2**depth of the input resolution per pooled axis), never at
+    full resolution; it pools its keys by its level's pooling. ``"gate"`` puts Oktay et al.'s additive
+    gates on the skips instead; ``"none"`` is the same U-Net without attention.
 
-    Any spatial size is accepted: the input is zero-padded at the end of each spatial dim to a multiple
-    of ``2**depth`` (and to at least ``2**(depth + 1)``, so the bottom level has two voxels per dim and
-    normalisation works in training with batch size 1), and the output is cropped back to the input's
-    size.
+    Any spatial size is accepted: each spatial dim of the input is zero-padded at its end to a multiple
+    of its total pooling (``2**depth`` by default; the product of that axis's ``pool_sizes``), and to at
+    least twice that, so the bottom level has two voxels per dim and normalisation works in training
+    with batch size 1; the output is cropped back to the input's size.
 
     In eval mode without autograd (``torch.no_grad``, ``torch.inference_mode``) on the CPU, with batch
     norm, the forward takes an inference path that computes the same output (to float rounding) from
@@ -61,11 +99,12 @@ class AttentionUNet(nn.Module):
         in_channels: channels of the input image.
         out_channels: channels of the output logits (classes).
         init_features: features of the stem; stage ``i`` has ``init_features * 2**i``. Defaults to 32.
-        depth: number of 2x downsamplings (and decoder stages). Defaults to 4.
+        depth: number of downsamplings (and decoder stages). Defaults to 4.
         attention: ``"nonlocal"`` (default), ``"gate"`` or ``"none"``.
         attention_levels: decoder levels that get attention, each in ``1..depth``; level ``k`` is the
-            stage whose coarse input is at ``1/2**k`` of the input resolution (for ``"gate"``, the gate on
-            the skip at ``1/2**(k-1)``). ``None`` (default): every level.
+            stage whose coarse input is at encoder level ``k`` (``1/2**k`` of the input resolution with the
+            default pooling; for ``"gate"``, the gate on the skip at level ``k - 1``). ``None`` (default):
+            every level.
         norm: normalisation, a name or (name, kwargs) for MONAI's ``Norm`` factory, e.g. ``"batch"``,
             ``"instance"``, ``("group", {"num_groups": 8})``. Defaults to ``"batch"``.
         act: activation, a name or (name, kwargs) for MONAI's ``Act`` factory. Defaults to ``"relu"``.
@@ -78,7 +117,15 @@ class AttentionUNet(nn.Module):
             autograd) the forward then returns a list of logits, full resolution first, then 1/2, 1/4 ...
             (each cropped to the input's size at its scale), for ``monai.losses.DeepSupervisionLoss``.
             Eval mode returns the full-resolution logits alone, as without it. Defaults to False (the
-            document has none; the training recipe turns it on, benchmarks/README.md).
+            document has none; the training recipe turns it on, benchmarks/README.md). With
+            ``pool_sizes``, each output's scale is per axis (the product of the poolings above it).
+        pool_sizes: ``depth`` entries, encoder levels 1 ... depth, each ``spatial_dims`` ints in {1, 2}: the
+            max-pooling (kernel and stride) of that downsampling per axis, e.g.
+            ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]`` for thick slices along the last axis. ``None`` (default):
+            2 on every axis.
+        kernel_sizes: ``depth + 1`` entries, the stem (full resolution) then encoder levels 1 ... depth,
+            each ``spatial_dims`` odd ints (padding ``k // 2``), e.g. ``[[3, 3, 1], [3, 3, 1], [3, 3, 3],
+            [3, 3, 3]]``; the bottom block uses level ``depth``'s. ``None`` (default): 3 on every axis.
 
     Shapes:
         input ``(B, in_channels, *spatial)`` -> output ``(B, out_channels, *spatial)`` (with
@@ -89,6 +136,10 @@ class AttentionUNet(nn.Module):
         >>> net = AttentionUNet(3, in_channels=1, out_channels=3, init_features=8)
         >>> net(torch.randn(1, 1, 40, 37, 33)).shape
         torch.Size([1, 3, 40, 37, 33])
+        >>> thick = AttentionUNet(3, 1, 3, init_features=4, depth=2, pool_sizes=[[2, 2, 1], [2, 2, 1]],
+        ...     kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3]])
+        >>> thick.multiple, thick(torch.randn(1, 1, 40, 37, 3)).shape
+        ([4, 4, 1], torch.Size([1, 3, 40, 37, 3]))
     """
 
     def __init__(
@@ -107,6 +158,8 @@ class AttentionUNet(nn.Module):
         upsample: str = "nontrainable",
         zero_init_attention: bool = False,
         deep_supervision: bool = False,
+        pool_sizes: Sequence[Sequence[int]] | None = None,
+        kernel_sizes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -128,21 +181,43 @@ class AttentionUNet(nn.Module):
                 f"AttentionUNet: attention_levels must be ints in 1..depth={depth} "
                 f"(level k runs at 1/2**k of the input resolution), got {list(levels)}"
             )
+        pools = _sizes_per_level(
+            "pool_sizes", pool_sizes, f"depth={depth}", depth, spatial_dims, 2, odd=False
+        )
+        kernels = _sizes_per_level(
+            "kernel_sizes", kernel_sizes, f"depth + 1 = {depth + 1}", depth + 1, spatial_dims, 3, odd=True
+        )
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.depth = depth
-        self.multiple = 2**depth
+        self.pool_sizes = pools
+        self.kernel_sizes = kernels
+        # scales[k]: per axis, how many input voxels one voxel of level k spans (the poolings above it)
+        self.scales = [
+            [math.prod(p[axis] for p in pools[:k]) for axis in range(spatial_dims)] for k in range(depth + 1)
+        ]
+        self.multiple = self.scales[depth]  # per axis: the padded size is a multiple of it
         self.attention = attention
         self.attention_levels = levels if attention != "none" else ()
 
         features = [init_features * 2**i for i in range(depth + 1)]
-        self.stem = TwoConv(spatial_dims, in_channels, features[0], act, norm, True, dropout)
+        options = {"norm": norm, "act": act, "dropout": dropout}
+        self.stem = TwoConv(spatial_dims, in_channels, features[0], kernel_size=kernels[0], **options)
+        # encoder[i] pools from level i to level i + 1 by pools[i] and convolves with kernels[i + 1]
         self.encoder = nn.ModuleList(
-            Down(spatial_dims, features[i], features[i + 1], act, norm, True, dropout) for i in range(depth)
+            Down(
+                spatial_dims,
+                features[i],
+                features[i + 1],
+                pool_size=pools[i],
+                kernel_size=kernels[i + 1],
+                **options,
+            )
+            for i in range(depth)
         )
-        self.bottom = TwoConv(spatial_dims, features[-1], features[-1], act, norm, True, dropout)
+        self.bottom = TwoConv(spatial_dims, features[-1], features[-1], kernel_size=kernels[depth], **options)
         # decoder[j] starts at level depth - j (1/2**(depth - j) resolution) and ends at depth - j - 1
         self.decoder = nn.ModuleList(
             DecoderStage(
@@ -155,6 +230,8 @@ class AttentionUNet(nn.Module):
                 dropout=dropout,
                 upsample=upsample,
                 zero_init_attention=zero_init_attention,
+                scale_factor=pools[level - 1],
+                kernel_size=kernels[level - 1],
             )
             for level in range(depth, 0, -1)
         )
@@ -184,9 +261,14 @@ class AttentionUNet(nn.Module):
             )
 
     def padded_size(self, spatial: list[int]) -> list[int]:
-        """The spatial size the network computes on: each dim rounded up to a multiple of ``2**depth``,
-        and at least ``2**(depth + 1)``."""
-        return [max((s + self.multiple - 1) // self.multiple, 2) * self.multiple for s in spatial]
+        """The spatial size the network computes on: each dim rounded up to a multiple of its total
+        pooling ``multiple`` (``2**depth`` by default), and at least twice that, so that the bottom level
+        keeps two voxels along it; a dim that is never pooled is left as it is (a 2D configuration's
+        patches of one slice stay one slice)."""
+        padded: list[int] = []
+        for size, multiple in zip(spatial, self.multiple, strict=True):
+            padded.append(max(-(-size // multiple), 2 if multiple > 1 else 1) * multiple)
+        return padded
 
     def forward(self, x: torch.Tensor):  # a tensor, or a list of them (see ``deep_supervision``)
         self.check_input_shape(list(x.shape))
@@ -221,15 +303,16 @@ class AttentionUNet(nn.Module):
 
     def _forward_supervised(self, x: torch.Tensor, spatial: list[int]) -> list[torch.Tensor]:
         """``forward`` with deep supervision in training: the full-resolution logits, then each
-        supervised decoder stage's, finest first, each cropped to ``ceil(spatial / scale)``."""
+        supervised decoder stage's, finest first, each cropped to ``ceil(spatial / scale)`` per axis."""
         h, skips = self._encode(x)
         coarse: list[torch.Tensor] = []
         for j, stage in enumerate(self.decoder):
             h = stage(h, skips)
             if j < len(self.supervision_heads):
-                scale = 2 ** (self.depth - j - 1)
+                scale = self.scales[self.depth - j - 1]  # decoder[j] ends at level depth - j - 1
+                size = [-(-s // f) for s, f in zip(spatial, scale, strict=True)]
                 logits = self.supervision_heads[j](h)
-                coarse.append(self._crop(logits, [-(-s // scale) for s in spatial], list(logits.shape[2:])))
+                coarse.append(self._crop(logits, size, list(logits.shape[2:])))
         return [self._crop(self.head(h), spatial, list(h.shape[2:])), *reversed(coarse)]
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:

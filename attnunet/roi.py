@@ -28,21 +28,26 @@ def padded_size(
     """The spatial size ``network`` computes an input of ``size`` at.
 
     The network's own ``padded_size`` when it has one (:class:`attnunet.network.AttentionUNet`: a multiple
-    of ``2**depth``, at least ``2**(depth + 1)``); else each axis rounded up to a multiple of ``2**depth``,
-    ``depth`` from ``network_kwargs`` (``depth``, or one less than the stages of ``features``), else
-    :data:`DEFAULT_DEPTH`.
+    of each axis' pooling, at least twice it); else each axis rounded up to a multiple of its pooling:
+    the product of its ``pool_sizes`` in ``network_kwargs``, or ``2**depth`` (``depth``, or one less than
+    the stages of ``features``, else :data:`DEFAULT_DEPTH`).
 
     Example:
         >>> padded_size(nn.Identity(), (61, 40, 3), {"depth": 3})
         (64, 40, 8)
+        >>> padded_size(nn.Identity(), (61, 40, 3), {"pool_sizes": [[2, 2, 1]] * 3})
+        (64, 40, 3)
     """
     own = getattr(network, "padded_size", None)
     if callable(own):
         return tuple(int(s) for s in own([int(s) for s in size]))
     kwargs = network_kwargs or {}
-    depth = kwargs.get("depth", len(kwargs["features"]) - 1 if "features" in kwargs else DEFAULT_DEPTH)
-    multiple = 2 ** int(depth)
-    return tuple(max(math.ceil(int(s) / multiple), 1) * multiple for s in size)
+    if kwargs.get("pool_sizes"):
+        multiples = [math.prod(level[axis] for level in kwargs["pool_sizes"]) for axis in range(len(size))]
+    else:
+        depth = kwargs.get("depth", len(kwargs["features"]) - 1 if "features" in kwargs else DEFAULT_DEPTH)
+        multiples = [2 ** int(depth)] * len(size)
+    return tuple(max(math.ceil(int(s) / m), 1) * m for s, m in zip(size, multiples, strict=True))
 
 
 def fit_roi(

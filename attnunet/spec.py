@@ -20,6 +20,16 @@ SPEC_VERSION = 1
 _REQUIRED = ("network", "preset", "roi_size", "spatial_dims", "in_channels", "out_channels", "labels")
 
 
+def _json_form(value: Any) -> Any:
+    """``value`` with tuples as lists and mappings as dicts, all the way down: what it reads back as
+    from JSON, so a spec equals itself read back (``pool_sizes=((2, 2, 1), ...)`` included)."""
+    if isinstance(value, Mapping):
+        return {key: _json_form(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_form(item) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A network by registry name with its arguments, and the data contract it was trained under.
@@ -27,7 +37,7 @@ class ModelSpec:
     Attributes:
         network: name in :func:`attnunet.networks.list_networks`.
         network_kwargs: every argument of that builder, ``spatial_dims``/``in_channels``/``out_channels``
-            included.
+            included, in JSON's types (tuples are kept as lists, e.g. ``pool_sizes``, ``kernel_sizes``).
         labels: class index (as a string) -> class name, background ``"0"`` included.
         preset: transform preset the network was trained behind (``"ct"``, ``"mr"``, ``"image2d"``).
         preset_kwargs: that preset's options (CT window...).
@@ -60,6 +70,7 @@ class ModelSpec:
         missing = [k for k in ("spatial_dims", "in_channels", "out_channels") if k not in self.network_kwargs]
         if missing:
             raise ValueError(f"model spec: network_kwargs lacks {missing} (got {dict(self.network_kwargs)})")
+        object.__setattr__(self, "network_kwargs", _json_form(self.network_kwargs))
         if len(self.roi_size) != self.spatial_dims:
             raise ValueError(f"model spec: roi_size {self.roi_size} is not {self.spatial_dims}D")
         object.__setattr__(self, "roi_size", tuple(int(s) for s in self.roi_size))

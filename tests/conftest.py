@@ -10,6 +10,7 @@ CT preset at each image's own spacing, 16^3 windows, 3 classes.
 
 from __future__ import annotations
 
+import locale
 import os
 import random
 from collections.abc import Callable
@@ -80,6 +81,9 @@ def _write_dicom_series(
     orientation = "\\".join(f"{v:.10f}" for v in (*direction[0:7:3], *direction[1:8:3]))
     names = [f"{description}{i:03d}.dcm" for i in range(volume.GetDepth())]
     random.Random(shuffle_seed).shuffle(names)  # file order must not give the slice order
+    # GDCM's DICOM writer sets the process's C locale to "C" and leaves it: subprocesses' text output
+    # would then be decoded as ASCII in every later test of this worker.
+    saved_locale = locale.setlocale(locale.LC_ALL)
     for z in range(volume.GetDepth()):
         plane = volume[:, :, z]
         tags = {
@@ -97,6 +101,7 @@ def _write_dicom_series(
             plane.SetMetaData(key, value)
         writer.SetFileName(str(folder / names[z]))
         writer.Execute(plane)
+    locale.setlocale(locale.LC_ALL, saved_locale)
 
 
 @pytest.fixture(scope="session")

@@ -227,3 +227,18 @@ def test_the_runner_refuses_config_syntax_in_a_flag(tmp_path):
     with pytest.raises(ValueError, match=r"--run-name .*may not start with \$, @ or %"):
         run_config("train.json", "training", {"run_name": f"$open({str(marker)!r}, 'w')"})
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda code: {"input": ["case.nii.gz", code]},  # a file name among infer's inputs
+        lambda code: {"network_kwargs": {"act": code}},  # a --network-option value
+        lambda code: {"preset_kwargs": {code: 1}},  # a --preset-option key
+    ],
+)
+def test_the_runner_refuses_config_syntax_inside_lists_and_dicts(tmp_path, place):
+    marker = tmp_path / "MARKER"
+    with pytest.raises(ValueError, match=r"may not start with \$, @ or %"):
+        run_config("inference.json", "inference", place(f"$open({str(marker)!r}, 'w')"))
+    assert not marker.exists()

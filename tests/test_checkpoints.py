@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -31,6 +33,8 @@ CONFIG = {
     "overlap": 0.5,
 }
 SPEC = ModelSpec.from_config({**CONFIG, "network_spec": NETWORK})
+# per-axis pooling and kernels (thick slices along the last axis), given as tuples
+THICK = {"pool_sizes": ((2, 2, 1), (2, 2, 2)), "kernel_sizes": ((3, 3, 1), (3, 3, 1), (3, 3, 3))}
 
 
 def test_round_trip_keeps_the_format_the_spec_and_the_weights(tmp_path):
@@ -41,6 +45,23 @@ def test_round_trip_keeps_the_format_the_spec_and_the_weights(tmp_path):
     assert spec == SPEC and spec.roi_size == (32, 32, 16) and spec.pixdim == (1.0, 1.0, 2.0)
     assert (spec.overlap, spec.sw_batch_size, spec.preset_kwargs) == (0.5, 2, {"a_min": -100})
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_per_axis_pooling_and_kernels_round_trip_through_json_and_checkpoints(tmp_path):
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "depth": 2, **THICK}
+    spec = ModelSpec("attention_unet", kwargs, CONFIG["labels"], "mr", (32, 32, 8))
+    assert spec.network_kwargs["pool_sizes"] == [[2, 2, 1], [2, 2, 2]]  # held in JSON's types
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    model = spec.build()
+    path = save_checkpoint(tmp_path / "model.pt", {"spec": spec.to_dict(), "model": model.state_dict()})
+    loaded, loaded_spec = model_from_checkpoint(path)
+    assert loaded_spec == spec
+    assert loaded.pool_sizes == THICK["pool_sizes"] and loaded.kernel_sizes == THICK["kernel_sizes"]
+    assert loaded.stem.conv_0.conv.kernel_size == (3, 3, 1)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    # a run config read back from JSON (lists) names the same network
+    config = json.loads(json.dumps({**CONFIG, "network_spec": {"name": "attention_unet", "kwargs": kwargs}}))
+    assert ModelSpec.from_config(config).build().pool_sizes == THICK["pool_sizes"]
 
 
 @pytest.mark.parametrize("version", ["attnunet-checkpoint/1", "attnunet-checkpoint/2"])

@@ -179,13 +179,13 @@ def test_image_without_label(demo_dataset, tmp_path):
 
 def test_bad_dataset_json(tmp_path):
     (tmp_path / "dataset.json").write_text('{"name": "x"}')
-    with pytest.raises(DataValidationError, match="dataset.json is not an MSD dataset.json"):
+    with pytest.raises(DataValidationError, match="dataset.json has no 'labels'; an MSD dataset.json has"):
         discover_dataset(tmp_path)
 
 
 def test_csv_without_image_column(tmp_path):
     (tmp_path / "cases.csv").write_text("img,seg\na.nii.gz,b.nii.gz\n")
-    with pytest.raises(DataValidationError, match="needs a header with 'image'"):
+    with pytest.raises(DataValidationError, match="needs a header with an 'image' column"):
         discover_dataset(tmp_path / "cases.csv")
 
 

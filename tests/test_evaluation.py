@@ -250,7 +250,7 @@ def test_help_shows_the_default_of_every_optional_option(capsys):
     optional = [
         text for text in options if not text.startswith(("-h", "--predictions", "--labels", "--output"))
     ]
-    assert len(optional) == 5 and all("(default: " in text for text in optional)
+    assert len(optional) == 6 and all("(default: " in text for text in optional)
     assert any("(default: [2.0])" in text for text in optional)
 
 
@@ -332,3 +332,197 @@ def test_only_rank_0_scores_under_torchrun(cases, tmp_path, monkeypatch):
     assert not (tmp_path / "e").exists()
     monkeypatch.setenv("RANK", "0")
     assert evaluate(predictions, labels, output_dir=tmp_path / "e", class_names=CLASSES)["num_cases"] == 5
+
+
+# MyoPS cardiac MR: 1 myocardium, 2 LV blood pool, 3 RV blood pool, 4 edema, 5 scar
+MYOPS = ["background", "myocardium", "lv", "rv", "edema", "infarct"]
+MYOPS_REGIONS = {"scar": [5], "scar_edema": [4, 5]}
+
+
+def _myops_label() -> np.ndarray:
+    """Myocardium around an LV blood pool, with edema and scar in the wall; no RV (label 3 absent)."""
+    label = np.zeros(SHAPE, dtype=np.uint8)
+    label[4:18, 4:16, 2:10] = 1
+    label[8:14, 7:13, 4:8] = 2
+    label[4:8, 4:10, 2:10] = 4
+    label[4:8, 10:16, 2:10] = 5
+    return label
+
+
+@pytest.fixture()
+def myops(tmp_path):
+    """Case ``swapped``: edema and scar swapped in the prediction; case ``extra``: the prediction right but
+    for a false edema blob outside the heart."""
+    labels, predictions = tmp_path / "labels", tmp_path / "predictions"
+    label = _myops_label()
+    swapped = label.copy()
+    swapped[label == 4], swapped[label == 5] = 5, 4
+    extra = label.copy()
+    extra[19:23, 16:19, 2:6] = 4
+    for name, prediction in (("swapped", swapped), ("extra", extra)):
+        _save(labels / f"{name}.nii.gz", label)
+        _save(predictions / f"{name}.nii.gz", prediction)
+    return labels, predictions, label, extra
+
+
+def test_regions_score_unions_of_label_values(myops, tmp_path):
+    labels, predictions, label, extra = myops
+    summary = evaluate(
+        predictions,
+        labels,
+        output_dir=tmp_path / "e",
+        class_names=MYOPS,
+        regions=MYOPS_REGIONS,
+        progress=False,
+    )
+    rows = _rows(tmp_path / "e" / "metrics.csv")
+    # swapped edema and scar: each class is wholly wrong, their union wholly right
+    swapped = rows["swapped"]
+    assert float(swapped["dice_edema"]) == float(swapped["dice_infarct"]) == 0.0
+    assert float(swapped["dice_scar_edema"]) == pytest.approx(1.0)
+    assert float(swapped["hd95_scar_edema"]) == pytest.approx(0.0)
+    assert float(swapped["nsd_scar_edema"]) == pytest.approx(1.0)
+    # the false edema blob counts against the union as computed by hand
+    expected = _dice(np.isin(label, [4, 5]), np.isin(extra, [4, 5]))
+    assert 0.0 < expected < 1.0
+    assert float(rows["extra"]["dice_scar_edema"]) == pytest.approx(expected, rel=1e-5)
+    assert float(rows["extra"]["dice_scar"]) == pytest.approx(1.0)
+    assert summary["regions"]["scar_edema"]["dice"]["mean"] == pytest.approx((1.0 + expected) / 2, rel=1e-5)
+    assert summary["regions"]["scar"]["dice"] == {"mean": 0.5, "std": 0.5, "n": 2}
+    assert summary["region_values"] == MYOPS_REGIONS
+    assert summary["tolerance_mm"]["scar_edema"] == 2.0
+    # regions sit beside the classes in both reports, and stay out of the mean over classes
+    assert set(summary["classes"]) == set(MYOPS[1:]) and summary["mean_classes"]["dice"] == 4
+    with open(tmp_path / "e" / "summary.csv", newline="") as stream:
+        table = {(row["class"], row["metric"]): row for row in csv.DictReader(stream)}
+    assert float(table["scar_edema", "dice"]["mean"]) == pytest.approx((1.0 + expected) / 2, rel=1e-5)
+    assert table["scar", "nsd"]["n"] == "2"
+    saved = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert saved["regions"]["scar"]["dice"]["mean"] == 0.5
+
+
+def test_a_region_absent_from_a_case_scores_like_an_absent_class(myops, tmp_path):
+    """The RV (3) is in neither prediction nor label: NaN for the class and for a region of it alike."""
+    labels, predictions, *_ = myops
+    summary = evaluate(
+        predictions,
+        labels,
+        output_dir=tmp_path / "e",
+        class_names=MYOPS,
+        regions={"right_ventricle": [3]},
+        progress=False,
+    )
+    rows = _rows(tmp_path / "e" / "metrics.csv")
+    for metric in ("dice", "hd95", "nsd"):
+        assert rows["swapped"][f"{metric}_rv"] == rows["swapped"][f"{metric}_right_ventricle"] == "nan"
+        assert summary["regions"]["right_ventricle"][metric] == summary["classes"]["rv"][metric]
+        assert summary["regions"]["right_ventricle"][metric]["n"] == 0
+
+
+def test_tolerance_per_class_then_per_region(myops, tmp_path):
+    labels, predictions, *_ = myops
+    summary = evaluate(
+        predictions,
+        labels,
+        output_dir=tmp_path / "e",
+        class_names=MYOPS,
+        regions=MYOPS_REGIONS,
+        tolerance_mm=[1, 2, 3, 4, 5, 6, 7],
+        progress=False,
+    )
+    assert summary["tolerance_mm"] == dict(
+        zip([*MYOPS[1:], *MYOPS_REGIONS], [1.0, 2, 3, 4, 5, 6, 7], strict=True)
+    )
+    with pytest.raises(ValueError, match=r"one per foreground class and region \(5 \+ 2\)"):
+        evaluate(
+            predictions,
+            labels,
+            output_dir=tmp_path / "e2",
+            class_names=MYOPS,
+            regions=MYOPS_REGIONS,
+            tolerance_mm=[1, 2, 3, 4, 5],
+        )
+
+
+REGION_ILL_CASES = [
+    ({"scar edema": [4, 5]}, "a name is letters"),
+    ({"$scar": [5]}, "a name is letters"),
+    ({"edema": [4, 5]}, "'edema' is a class name"),
+    ({"mean": [4, 5]}, "'mean'"),
+    ({"scar": []}, "one or more label values"),
+    ({"scar": "5"}, "one or more label values"),
+    ({"scar": [-5]}, "non-negative integers"),
+    ({"scar": [4.5]}, "non-negative integers"),
+    ({"scar": [5, 9]}, r"\[9\] are not among the classes 0..5"),
+    ([("scar", [5])], "regions must map names"),
+]
+
+
+@pytest.mark.parametrize("regions, message", REGION_ILL_CASES)
+def test_bad_regions(myops, tmp_path, regions, message):
+    labels, predictions, *_ = myops
+    with pytest.raises(ValueError, match=message):
+        evaluate(predictions, labels, output_dir=tmp_path / "e", class_names=MYOPS, regions=regions)
+    assert not (tmp_path / "e").exists()
+
+
+def _evaluate_argv(labels, predictions, output, classes=MYOPS):
+    return [
+        "evaluate",
+        "--predictions",
+        str(predictions),
+        "--labels",
+        str(labels),
+        "--output",
+        str(output),
+        "--no-progress",
+        *(["--classes", *classes] if classes else []),
+    ]
+
+
+def test_cli_regions_become_columns(myops, tmp_path, capsys):
+    labels, predictions, *_ = myops
+    argv = _evaluate_argv(labels, predictions, tmp_path / "e", classes=None)  # class_1 .. class_5
+    assert main([*argv, "--region", "scar=5", "--region", "scar_edema=4, 5"]) == 0
+    with open(tmp_path / "e" / "metrics.csv", newline="") as stream:
+        columns = csv.DictReader(stream).fieldnames
+    assert columns[-6:] == [
+        "dice_scar",
+        "hd95_scar",
+        "nsd_scar",
+        "dice_scar_edema",
+        "hd95_scar_edema",
+        "nsd_scar_edema",
+    ]
+    assert float(_rows(tmp_path / "e" / "metrics.csv")["swapped"]["dice_scar_edema"]) == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "class_5: dice 0.5 +- 0.5 (n=2)" in out and "scar: dice 0.5 +- 0.5 (n=2)" in out
+    assert "scar_edema: dice" in out
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["region_values"] == MYOPS_REGIONS
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--region", "scar"], "--region 'scar': expected NAME=V,V,..."),
+        (["--region", "scar="], "--region 'scar=': no label values"),
+        (["--region", "scar=a"], "--region 'scar=a': label values must be non-negative integers, got 'a'"),
+        (["--region", "scar=-5"], "--region 'scar=-5': label values must be non-negative integers, got '-5'"),
+        (["--region", "scar=4,,5"], "got ''"),
+        (["--region", "scar=5", "--region", "scar=4,5"], "--region 'scar=4,5': region 'scar' is given twice"),
+        (["--region", "edema=4,5"], "region edema=4,5: 'edema' is a class name"),
+        (["--region", "=4"], "--region '=4': a name is letters"),
+        (["--region", "$open('x', 'w')=1"], "a name is letters"),
+        (["--region", "scar=$5"], "non-negative integers, got '$5'"),
+        (["--region", "scar=9"], "region scar=9: label value(s) [9] are not among the classes 0..5"),
+        (["--classes", "background", "$1+1"], "--classes '$1+1': a value may not start with $, @ or %"),
+    ],
+)
+def test_cli_bad_regions_are_one_line_errors(myops, tmp_path, capsys, extra, message):
+    labels, predictions, *_ = myops
+    assert main([*_evaluate_argv(labels, predictions, tmp_path / "e"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnunet evaluate: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "e").exists()

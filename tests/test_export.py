@@ -15,6 +15,8 @@ from attnunet.export import export_onnx, export_torchscript
 from attnunet.spec import ModelSpec
 
 TINY = {"init_features": 4, "depth": 2}
+# thick slices along the last axis: pooled in-plane, then once through-plane; 1-voxel kernels through-plane
+THICK = {"pool_sizes": [[2, 2, 1], [2, 2, 2]], "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 3]]}
 
 
 def _eager(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -23,17 +25,18 @@ def _eager(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "spatial_dims, attention, shapes",
+    "spatial_dims, attention, shapes, options",
     [
-        (2, "nonlocal", [(1, 2, 13, 10), (2, 2, 32, 7)]),
-        (3, "nonlocal", [(1, 2, 9, 8, 7), (1, 2, 16, 3, 5)]),
-        (3, "gate", [(2, 2, 5, 6, 7)]),
-        (2, "none", [(1, 2, 17, 17)]),
+        (2, "nonlocal", [(1, 2, 13, 10), (2, 2, 32, 7)], {}),
+        (3, "nonlocal", [(1, 2, 9, 8, 7), (1, 2, 16, 3, 5)], {}),
+        (3, "gate", [(2, 2, 5, 6, 7)], {}),
+        (2, "none", [(1, 2, 17, 17)], {}),
+        (3, "nonlocal", [(1, 2, 9, 10, 3), (1, 2, 12, 7, 1)], {**THICK, "upsample": "deconv"}),
     ],
 )
-def test_torchscript_script_matches_eager_at_any_size(tmp_path, spatial_dims, attention, shapes):
+def test_torchscript_script_matches_eager_at_any_size(tmp_path, spatial_dims, attention, shapes, options):
     torch.manual_seed(0)
-    model = AttentionUNet(spatial_dims, 2, 3, attention=attention, **TINY)
+    model = AttentionUNet(spatial_dims, 2, 3, attention=attention, **TINY, **options)
     path = export_torchscript(model, tmp_path / "model.ts")
     scripted = torch.jit.load(str(path))
     for shape in shapes:  # a scripted model keeps the padding logic: every size works
@@ -58,11 +61,16 @@ def test_torchscript_trace_matches_eager(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spatial_dims, attention, shape", [(3, "nonlocal", (1, 1, 9, 10, 7)), (2, "gate", (2, 1, 20, 13))]
+    "spatial_dims, attention, shape, options",
+    [
+        (3, "nonlocal", (1, 1, 9, 10, 7), {}),
+        (2, "gate", (2, 1, 20, 13), {}),
+        (3, "nonlocal", (1, 1, 9, 10, 3), THICK),
+    ],
 )
-def test_onnx_matches_eager(tmp_path, spatial_dims, attention, shape):
+def test_onnx_matches_eager(tmp_path, spatial_dims, attention, shape, options):
     torch.manual_seed(0)
-    model = AttentionUNet(spatial_dims, 1, 2, attention=attention, **TINY)
+    model = AttentionUNet(spatial_dims, 1, 2, attention=attention, **TINY, **options)
     x = torch.randn(shape)
     path = export_onnx(model, tmp_path / "model.onnx", x)
     assert not list(tmp_path.glob("*.data")) and not list(tmp_path.glob(".*tmp"))  # one self-contained file

@@ -19,6 +19,7 @@ from attnunet.cli import main
 from attnunet.models import load_model
 from attnunet.networks import create_network
 from attnunet.pipelines.bundle.paths import bundle_template_dir
+from attnunet.pipelines.inference.apply import ValidationInferer, Windows, apply_model, window_probabilities
 from attnunet.pipelines.inference.inputs import discover_inputs
 from attnunet.pipelines.inference.predict import infer
 from attnunet.spec import ModelSpec
@@ -126,7 +127,12 @@ def threshold_bundle(tmp_path_factory):
             {"_target_": "monai.networks.blocks.Convolution", "spatial_dims": "$open('MARKER', 'w')"},
             "expression",
         ),
-        ({"_target_": "os.system", "command": "touch MARKER"}, "outside attnunet and monai.networks"),
+        ({"_target_": "os.system", "command": "touch MARKER"}, "not a network class of attnunet"),
+        (  # a dotted path that starts allowed and walks through a module's attributes into torch.hub
+            {"_target_": "monai.networks.utils.torch.hub.load", "repo_or_dir": ".", "model": "m"},
+            "not a network class of attnunet",
+        ),
+        ({"_target_": "monai.networks.utils.pixelshuffle", "x": 1}, "not a network class of attnunet"),
         ("%configs/train.json#network_def", "expression"),
     ],
 )
@@ -205,6 +211,44 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_mirrored(tmp_path):
         # a model trained without mirroring gets no flips, so TTA changes nothing
         assert np.allclose(averaged[name], plain, atol=1e-6) == (name == "none")
     assert not np.allclose(averaged["left_right"], averaged["all"], atol=1e-4)
+
+
+def test_an_array_with_its_affine_is_segmented_like_its_file(checkpoint, tmp_path):
+    """The one apply path: a voxel array with its affine goes through the preset like the file it stands
+    for, and gives infer's label map; without its affine it is refused, never run on raw intensities."""
+    volume, affine = random_volume(seed=4), oblique_affine()
+    written = infer(save_nifti(tmp_path / "scan.nii.gz", volume, affine), tmp_path / "out", model=checkpoint)
+    network, spec = load_model(checkpoint)
+    labels = apply_model(network, spec, volume, affine=affine).labels
+    np.testing.assert_array_equal(labels[0].numpy(), read(written[0])[0])
+    np.testing.assert_allclose(labels.affine.numpy(), affine, atol=1e-5)
+    with pytest.raises(ValueError, match="a voxel array needs its 4 x 4 affine"):
+        apply_model(network, spec, volume)
+
+
+def test_channel_files_are_one_multichannel_scan(tmp_path):
+    """A scan given as a list of channel files (nnU-Net's CASE_0000, CASE_0001) is one 2-channel image."""
+    kwargs = {**TINY, "in_channels": 2}
+    network = create_network("attention_unet", **kwargs).eval()
+    spec = _spec({**CONFIG, "in_channels": 2}, kwargs)
+    affine = oblique_affine()
+    files = [save_nifti(tmp_path / f"case_000{c}.nii.gz", random_volume(seed=c), affine) for c in (0, 1)]
+    result = apply_model(network, spec, [str(path) for path in files])
+    assert result.probabilities.shape == (3, 23, 19, 13) and result.labels.shape == (1, 23, 19, 13)
+    np.testing.assert_allclose(result.labels.affine.numpy(), affine, atol=1e-5)
+    with pytest.raises(ValueError, match="the model takes 2-channel 3D images"):
+        apply_model(network, spec, str(files[0]))
+
+
+def test_validation_scores_the_probabilities_inference_stitches(checkpoint):
+    """Validation's inferer is the apply path's windows without flips; its output is their log, which the
+    evaluator's loss and argmax take as logits."""
+    network, spec = load_model(checkpoint)
+    image = torch.rand(1, 1, 20, 24, 12)
+    windows = Windows.for_model(spec, tta=False, sw_device="cpu", device="cpu")
+    expected = window_probabilities(network, spec, image[0], windows)
+    logits = ValidationInferer(spec, Windows.for_model(spec, sw_device="cpu", device="cpu"))(image, network)
+    torch.testing.assert_close(torch.softmax(logits, dim=1)[0], expected)
 
 
 def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):

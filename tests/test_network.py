@@ -4,6 +4,7 @@ CPU speed benchmark's quick run."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,16 @@ from attnunet import AttentionUNet, create_network
 from attnunet.blocks import AttentionGate, NonLocalBlock
 
 SMALL = {"init_features": 4, "depth": 2}
+# thick slices along the last axis: pooled in-plane only, then once through-plane (nnU-Net's plans for
+# cardiac MR look like this); 1-voxel kernels through-plane at full and half resolution
+THICK = {
+    "init_features": 4,
+    "depth": 3,
+    "pool_sizes": [[2, 2, 1], [2, 2, 1], [2, 2, 2]],
+    "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]],
+}
+IN_PLANE = {"init_features": 4, "depth": 2, "pool_sizes": [[2, 2, 1], [2, 2, 1]]}  # never through-plane
+THICK_2D = {"init_features": 4, "depth": 2, "pool_sizes": [[2, 1], [2, 2]], "kernel_sizes": [[3, 1]] * 3}
 
 # (constructor kwargs, input shape, expected output shape)
 TEST_CASES = [
@@ -33,6 +44,15 @@ TEST_CASES = [
         (1, 1, 7, 3),
         (1, 2, 7, 3),
     ),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 3, **THICK}, (1, 1, 21, 17, 3), (1, 3, 21, 17, 3)),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **THICK}, (2, 1, 9, 12, 2), (2, 2, 9, 12, 2)),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **THICK}, (1, 1, 5, 6, 1), (1, 2, 5, 6, 1)),
+    (
+        {"spatial_dims": 3, "in_channels": 2, "out_channels": 2, **IN_PLANE},
+        (1, 2, 13, 10, 3),
+        (1, 2, 13, 10, 3),
+    ),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, **THICK_2D}, (1, 1, 19, 5), (1, 2, 19, 5)),
 ]
 OPTIONS = [
     {"attention": "nonlocal"},
@@ -49,7 +69,7 @@ OPTIONS = [
 @pytest.mark.parametrize(
     "kwargs, input_shape, expected_shape, options",
     [(*case, {}) for case in TEST_CASES]  # every size with the defaults, every option on two odd sizes
-    + [(*case, options) for case in (TEST_CASES[1], TEST_CASES[3]) for options in OPTIONS],
+    + [(*case, options) for case in (TEST_CASES[1], TEST_CASES[3], TEST_CASES[7]) for options in OPTIONS],
 )
 def test_shape(kwargs, input_shape, expected_shape, options):
     net = AttentionUNet(**kwargs, **options).eval()
@@ -99,6 +119,73 @@ def test_odd_sizes_are_zero_padded_at_the_end_and_cropped_back(spatial_dims, siz
         full = net(torch.nn.functional.pad(x, pad))
     assert full.shape[2:] == tuple(padded)
     torch.testing.assert_close(out, full[(..., *[slice(0, s) for s in size])])
+
+
+@pytest.mark.parametrize(
+    "kwargs, size, multiple, padded",
+    [
+        (THICK, (21, 17, 3), [8, 8, 2], [24, 24, 4]),  # at least twice the multiple: 3 -> 4, not 2
+        (THICK, (40, 33, 5), [8, 8, 2], [40, 40, 6]),
+        (IN_PLANE, (13, 10, 3), [4, 4, 1], [16, 12, 3]),  # the slice axis is never pooled: never padded
+        (IN_PLANE, (13, 10, 1), [4, 4, 1], [16, 12, 1]),  # one slice stays one slice (a 2D configuration)
+        (THICK_2D, (19, 5), [4, 2], [20, 6]),
+    ],
+)
+def test_padding_follows_the_pooling_of_each_axis(kwargs, size, multiple, padded):
+    spatial_dims = len(size)
+    net = AttentionUNet(spatial_dims, 1, 2, **kwargs).eval()
+    assert net.multiple == multiple and net.padded_size(list(size)) == padded
+    x = torch.randn(1, 1, *size)
+    pad = []
+    for s, p in zip(reversed(size), reversed(padded), strict=True):
+        pad += [0, p - s]
+    with torch.no_grad():
+        full = net(torch.nn.functional.pad(x, pad))
+        torch.testing.assert_close(net(x), full[(..., *[slice(0, s) for s in size])])
+
+
+def test_thick_slices_are_pooled_in_plane_only():
+    """The encoder, the bottom block and the non-local blocks' keys keep every slice where the pooling
+    says so; the kernels are 1 through-plane where the kernel sizes say so."""
+    net = AttentionUNet(3, 1, 2, **IN_PLANE).eval()
+    sizes = {}
+
+    def record(name):
+        return lambda module, inputs, output: sizes.setdefault(name, []).append(tuple(output.shape[2:]))
+
+    for i, down in enumerate(net.encoder):
+        down.register_forward_hook(record(f"encoder.{i}"))
+    net.bottom.register_forward_hook(record("bottom"))
+    for stage in net.decoder:
+        stage.attention.pool.register_forward_hook(record("keys"))
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 16, 12, 5)).shape == (1, 2, 16, 12, 5)
+    assert sizes["encoder.0"] == [(8, 6, 5)] and sizes["encoder.1"] == [(4, 3, 5)]
+    assert sizes["bottom"] == [(4, 3, 5)]
+    # keys and values pooled by the level's own pooling: (2, 2, 1) at levels 2 and 1 (ceil mode: 3 -> 2)
+    assert sizes["keys"] == [(2, 2, 5)] * 2 + [(4, 3, 5)] * 2
+
+    thick = AttentionUNet(3, 1, 2, **THICK)
+    assert [down.max_pooling.kernel_size for down in thick.encoder] == [(2, 2, 1), (2, 2, 1), (2, 2, 2)]
+    assert [stage.attention.pool.kernel_size for stage in thick.decoder] == [(2, 2, 2), (2, 2, 1), (2, 2, 1)]
+    assert thick.stem.conv_0.conv.kernel_size == (3, 3, 1) and thick.stem.conv_0.conv.padding == (1, 1, 0)
+    assert thick.encoder[0].convs.conv_1.conv.kernel_size == (3, 3, 1)
+    assert thick.encoder[1].convs.conv_0.conv.kernel_size == (3, 3, 3)
+    assert thick.bottom.conv_0.conv.kernel_size == (3, 3, 3)
+    # the decoder stage that ends at level k uses level k's kernel: levels 2, 1, 0
+    assert [stage.conv.conv.kernel_size for stage in thick.decoder] == [(3, 3, 3), (3, 3, 1), (3, 3, 1)]
+
+
+@pytest.mark.parametrize("upsample", ["nontrainable", "deconv"])
+def test_thick_slice_network_trains_with_batch_size_one_on_one_slice(upsample):
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 2, **THICK, upsample=upsample).train()
+    out = net(torch.randn(1, 1, 9, 7, 1))
+    assert out.shape == (1, 2, 9, 7, 1)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters())
+    if upsample == "deconv":  # a transposed convolution of kernel and stride (2, 2, 1) where not pooled
+        assert net.decoder[2].upsample.deconv.weight.shape[2:] == (2, 2, 1)
 
 
 def test_attention_modules_per_mode_and_level():
@@ -157,12 +244,69 @@ ILL_CASES = [
         "no effect",
     ),
     ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "dropout": 1.0}, "dropout must be in"),
+    (
+        {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "depth": 2, "pool_sizes": [[2, 2, 1]]},
+        "pool_sizes must be depth=2 lists of spatial_dims=3 ints, each 1 or 2",
+    ),
+    (
+        {
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 1,
+            "depth": 2,
+            "pool_sizes": [[2, 2, 1], [2, 2]],
+        },
+        "pool_sizes[1] is [2, 2]",
+    ),
+    (
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": [[3, 2]]},
+        "pool_sizes[0] = [3, 2] has 3",
+    ),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": [[0, 2]]}, "has 0"),
+    (
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": [[2.0, 2]]},
+        "has 2.0",
+    ),
+    (
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": [[True, 2]]},
+        "has True",
+    ),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": "2"}, "got '2'"),
+    (
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 2, "kernel_sizes": [[3, 3]] * 2},
+        "kernel_sizes must be depth + 1 = 3 lists of spatial_dims=2 ints, each odd and positive",
+    ),
+    (
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "kernel_sizes": [[3, 3], [3]]},
+        "kernel_sizes[1] is [3]",
+    ),
+    (
+        {
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 1,
+            "depth": 1,
+            "kernel_sizes": [[3, 2], [3, 3]],
+        },
+        "kernel_sizes[0] = [3, 2] has 2",
+    ),
+    (
+        {
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 1,
+            "depth": 1,
+            "kernel_sizes": [[3, 3], [-1, 3]],
+        },
+        "has -1",
+    ),
+    ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "kernel_sizes": 3}, "got 3"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, message", ILL_CASES)
 def test_ill_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         AttentionUNet(**kwargs)
 
 
@@ -219,6 +363,32 @@ def test_inference_path_matches_the_modules(spatial_dims, shape, options):
         torch.testing.assert_close(net(x), result, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("options", INFERENCE_OPTIONS)
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        (THICK, (1, 1, 21, 17, 3)),
+        (THICK, (2, 2, 9, 12, 2)),
+        (IN_PLANE, (1, 1, 13, 10, 1)),
+        (THICK_2D, (2, 1, 19, 5)),
+    ],
+)
+def test_inference_path_matches_the_modules_with_thick_slices(kwargs, shape, options):
+    """Per-axis pooling, upsampling, key pooling and kernels: the inference path still gives the modules'
+    output."""
+    torch.manual_seed(0)
+    kwargs = {**kwargs, "attention_levels": [2]} if "attention_levels" in options else kwargs
+    options = {k: v for k, v in options.items() if k != "attention_levels"}
+    net = AttentionUNet(len(shape) - 2, shape[1], 3, **kwargs, **options).eval()
+    randomize_batch_norms(net)
+    x = torch.randn(shape)
+    expected = net(x)
+    with torch.inference_mode():
+        result = net(x)
+    assert result.is_contiguous() and result.shape == expected.shape == (shape[0], 3, *shape[2:])
+    torch.testing.assert_close(result, expected.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_inference_path_is_taken_only_where_nothing_can_tell(monkeypatch):
     taken = []
     original = AttentionUNet._forward_inference
@@ -259,6 +429,14 @@ def test_scripted_network_matches_eager():
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
+    thick = AttentionUNet(3, 1, 2, **THICK).eval()
+    randomize_batch_norms(thick)
+    scripted = torch.jit.script(thick)
+    for shape in ((1, 1, 9, 12, 3), (1, 1, 17, 8, 1)):  # the per-axis padding is scripted too
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), thick(x), rtol=1e-5, atol=1e-5)
+
 
 @pytest.mark.parametrize("spatial_dims, size", [(2, (20, 13)), (3, (20, 17, 9))])
 def test_deep_supervision_gives_every_scale_in_training_and_one_output_in_eval(spatial_dims, size):
@@ -290,6 +468,22 @@ def test_deep_supervision_gives_every_scale_in_training_and_one_output_in_eval(s
     }  # a network without deep supervision keeps its parameters
 
 
+@pytest.mark.parametrize(
+    "kwargs, size, expected",
+    [
+        (THICK, (20, 13, 3), [(20, 13, 3), (10, 7, 3), (5, 4, 3)]),  # scales (2, 2, 1) and (4, 4, 1)
+        (THICK_2D, (19, 5), [(19, 5), (10, 5)]),
+    ],
+)
+def test_deep_supervision_scales_follow_the_pooling_of_each_axis(kwargs, size, expected):
+    torch.manual_seed(0)
+    net = AttentionUNet(len(size), 1, 3, **kwargs, deep_supervision=True).train()
+    outputs = net(torch.randn(2, 1, *size))
+    assert [tuple(o.shape[2:]) for o in outputs] == expected
+    sum(o.sum() for o in outputs).backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters())
+
+
 def test_checkpoint_layout_is_unchanged():
     """Parameter names and shapes are those of saved checkpoints (MONAI's TwoConv/Down/Convolution)."""
     state = AttentionUNet(3, 1, 2, **SMALL).state_dict()
@@ -306,6 +500,17 @@ def test_checkpoint_layout_is_unchanged():
         "head.conv.weight": (2, 4, 1, 1, 1),
     }
     assert {key: tuple(state[key].shape) for key in expected} == expected
+    # 2 everywhere and 3 everywhere are the defaults: the same network
+    explicit = AttentionUNet(3, 1, 2, **SMALL, pool_sizes=[[2] * 3] * 2, kernel_sizes=[[3] * 3] * 3)
+    assert {k: v.shape for k, v in explicit.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    assert explicit.multiple == [4, 4, 4]
+
+    thick = AttentionUNet(3, 1, 2, **{**SMALL, **IN_PLANE}, kernel_sizes=[[3, 3, 1], [3, 3, 1], [1, 3, 3]])
+    thick_state = thick.state_dict()
+    assert set(thick_state) == set(state)  # the same names, other kernel shapes where asked
+    assert tuple(thick_state["stem.conv_0.conv.weight"].shape) == (4, 1, 3, 3, 1)
+    assert tuple(thick_state["encoder.1.convs.conv_1.conv.weight"].shape) == (16, 16, 1, 3, 3)
+    assert tuple(thick_state["decoder.0.conv.conv.weight"].shape) == (8, 16, 3, 3, 1)
 
 
 @pytest.mark.long

@@ -19,9 +19,10 @@ from attnunet.pipelines.planning.rules import (
     CPU_2D_CROPS,
     MIN_ORDERED_CASES,
     cap_2d_patch,
-    depth_for,
     mirror_axes,
     patches_per_batch,
+    pool_and_kernel_sizes,
+    reorients,
     sliding_window_batch,
     target_spacing,
 )
@@ -73,14 +74,16 @@ def test_isotropic_mr_plan(tmp_path):
     assert plan["format"] == PLAN_FORMAT and plan["cases"] == 3 and plan["preset"] == "mr"
     assert plan["preset_source"] == "dataset"
     assert plan["pixdim"] == [1.0, 1.0, 1.0] and plan["median_shape"] == [34, 44, 24]
-    # the smallest axis (24) pools twice before it would drop below 4 voxels... log2(24 / 4) = 2.58 -> 2
-    assert plan["depth"] == 2 and plan["network_kwargs"] == {
-        "depth": 2,
+    # each axis pools while it keeps 4 voxels: x and y three times, the smallest (24) twice
+    assert plan["depth"] == 3 and plan["network_kwargs"] == {
+        "depth": 3,
         "init_features": 16,
         "deep_supervision": True,  # the recipe's (benchmarks/README.md)
-        "attention_levels": [2],  # on a CPU, not at 1/2 resolution
+        "pool_sizes": [[2, 2, 2], [2, 2, 2], [2, 2, 1]],
+        "kernel_sizes": [[3, 3, 3]] * 4,
+        "attention_levels": [2, 3],  # on a CPU, not at 1/2 resolution
     }
-    assert plan["roi_size"] == [36, 44, 24]  # the median shape rounded up to multiples of 2**2
+    assert plan["roi_size"] == [40, 48, 24]  # the median shape rounded up to each axis' pooling (8, 8, 4)
     assert plan["normalisation"]["scheme"].startswith("z-score") and plan["preset_kwargs"] == {}
     frequencies = {c["name"]: c["frequency"] for c in plan["classes"].values()}
     assert set(frequencies) == {"background", "head", "tail"}
@@ -148,7 +151,7 @@ def test_overrides_replace_a_field_and_what_follows_from_it(tmp_path):
     assert plan["median_shape"] == [15, 20, 10]  # re-derived from the overridden spacing
     assert plan["network_kwargs"]["init_features"] == 8 and plan["overrides"] == ["init_features", "pixdim"]
     fixed = plan_dataset(root, device="cpu", overrides={"roi_size": [32, 32, 16], "batch_size": 5})
-    assert fixed["roi_size"] == [32, 32, 16] and fixed["batch_size"] == 5 and fixed["depth"] == 2
+    assert fixed["roi_size"] == [32, 32, 16] and fixed["batch_size"] == 5 and fixed["depth"] == 3
 
 
 def test_a_run_without_attention_takes_the_plan_but_not_its_attention_levels(tmp_path):
@@ -182,10 +185,21 @@ def test_case_without_label(tmp_path):
         plan_dataset(root)
 
 
-def test_mixed_declared_modalities(tmp_path):
-    root = write_msd(tmp_path / "mixed", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={"0": "CT", "1": "T2"})
-    with pytest.raises(DataValidationError, match="different modalities"):
-        plan_dataset(root)
+def test_ct_and_mr_channels_each_get_their_own_normalisation(tmp_path):
+    root = write_msd(
+        tmp_path / "mixed",
+        [(16, 16, 8)] * 2,
+        [(1.0,) * 3] * 2,
+        modality={"0": "CT", "1": "T2"},
+        channels=[2, 2],
+    )
+    plan = plan_dataset(root)
+    assert plan["preset"] == "mr" and plan["channels"] == 2
+    low, high = plan["preset_kwargs"]["channel_windows"]["0"]  # the CT channel: its own percentiles
+    assert low < high
+    assert plan["normalisation"]["channels"][0].startswith("CT: CT window")
+    assert plan["normalisation"]["channels"][1] == "T2: z-score per case over its nonzero voxels"
+    assert "channel 1" in format_plan(plan) and "T2: z-score" in format_plan(plan)
 
 
 def test_mixed_channel_counts(tmp_path):
@@ -194,11 +208,12 @@ def test_mixed_channel_counts(tmp_path):
         plan_dataset(root)
 
 
-def test_unknown_modality_asks_for_a_preset(tmp_path):
-    root = write_msd(tmp_path / "pet", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={"0": "PET"})
-    with pytest.raises(DataValidationError, match="neither CT nor MR.*preset=ct"):
-        plan_dataset(root)
-    assert plan_dataset(root, overrides={"preset": "mr"})["preset_source"] == "override"
+@pytest.mark.parametrize("name", ["PET", "bSSFP", "LGE", "T1c", "ADC"])
+def test_any_channel_not_named_ct_is_z_scored(tmp_path, name):
+    root = write_msd(tmp_path / "other", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, modality={"0": name})
+    plan = plan_dataset(root)
+    assert (plan["preset"], plan["preset_source"], plan["preset_kwargs"]) == ("mr", "dataset", {})
+    assert plan_dataset(root, overrides={"preset": "ct"})["preset_source"] == "override"
 
 
 def test_label_value_outside_the_classes(tmp_path):
@@ -251,7 +266,21 @@ def test_help_shows_the_default_of_every_option(capsys):
 
 
 def test_rules_on_their_own():
-    assert depth_for([24, 44, 36]) == 2 and depth_for([2, 2, 2]) == 1 and depth_for([512, 512, 512]) == 5
+    # isotropic: every axis pooled while it keeps 4 voxels, the smallest axis sets the depth
+    assert pool_and_kernel_sizes([24, 44, 36], [1.0] * 3) == (
+        [[2, 2, 2], [2, 2, 2], [1, 2, 2]],
+        [[3, 3, 3]] * 4,
+    )
+    assert len(pool_and_kernel_sizes([512] * 3, [1.0] * 3)[0]) == 5  # at most MAX_DEPTH levels
+    assert pool_and_kernel_sizes([2, 2, 2], [1.0] * 3)[0] == [[2, 1, 1]]  # at least one level
+    # thick slices (CHAOS: 1.25 x 1.25 x 7.7 mm): in-plane only until the in-plane spacing has caught up
+    pools, kernels = pool_and_kernel_sizes([128, 128, 40], [1.25, 1.25, 7.7])
+    assert pools[:2] == [[2, 2, 1], [2, 2, 1]] and pools[2] == [2, 2, 2]
+    assert kernels[:2] == [[3, 3, 1], [3, 3, 1]] and kernels[2] == [3, 3, 3]
+    # a few slices (MyoPS: 0.73 mm in-plane, 6 slices of 12 mm) are never pooled
+    pools, _ = pool_and_kernel_sizes([320, 352, 6], [0.73, 0.73, 12.0])
+    assert len(pools) == 5 and all(level[2] == 1 for level in pools)
+    assert pool_and_kernel_sizes([64, 64, 64], [1.0] * 3, max_depth=2)[0] == [[2, 2, 2]] * 2
     spacings = np.array([[0.7, 0.7, 5.0], [0.8, 0.8, 3.0], [0.9, 0.9, 5.0]])
     assert target_spacing(spacings) == [0.8, 0.8, pytest.approx(np.percentile([5.0, 3.0, 5.0], 10))]
     assert target_spacing(spacings[:, :2]) == [0.8, 0.8]  # isotropic enough: the medians
@@ -328,3 +357,39 @@ def test_classes_in_a_fixed_place_are_not_mirrored_onto_each_other(tmp_path):
     assert plan_dataset(root, device="cpu")["preset_kwargs"] == {"flip_axes": [1, 2]}
     few = write_msd(tmp_path / "few", [(16, 16, 8)] * 3, [(1.0,) * 3] * 3)
     assert plan_dataset(few, device="cpu")["preset_kwargs"] == {}
+
+
+def test_reorients_only_when_every_case_maps_to_the_same_ras_axes():
+    axial = np.diag([0.7, 0.7, 12.0, 1.0])
+    tilted = axial.copy()
+    tilted[:3, :3] = axial[:3, :3][:, [0, 2, 1]]  # the slice axis closest to anterior-posterior
+    assert reorients([axial, axial]) and reorients([tilted, tilted])
+    assert not reorients([axial, tilted])
+
+
+@pytest.mark.skipif(not (SHARED / "Dataset101_MyoPS").is_dir(), reason="shared MyoPS data absent")
+def test_thick_oblique_slices_keep_their_axes_and_pool_in_plane(tmp_path):
+    """MyoPS short-axis cardiac MR: 2-6 slices of 12-23 mm whose slice axis is closest to different RAS
+    axes from case to case; reoriented, its thick axis would be averaged with an in-plane one."""
+    plan = plan_dataset(SHARED / "Dataset101_MyoPS", sample_cases=3, device="cpu")
+    assert plan["layout"] == "nnunet" and plan["channels"] == 3 and plan["preset"] == "mr"
+    assert plan["preset_kwargs"]["reorient"] is False
+    assert plan["pixdim"][2] >= 10 and max(plan["pixdim"][:2]) < 1  # the slice axis stays thick
+    pools = plan["network_kwargs"]["pool_sizes"]
+    assert len(pools) >= 4 and all(level[2] == 1 for level in pools)  # a few slices: in-plane only
+    # too few slices to pool: a 2D configuration, one slice per patch, predicted slice by slice
+    assert plan["configuration"] == "2d" and plan["slice_axis"] == 2 and plan["roi_size"][2] == 1
+    assert all(level[2] == 1 for level in plan["network_kwargs"]["kernel_sizes"])
+    assert "2D slices of the 3D volumes" in format_plan(plan)
+
+
+def test_a_few_thick_slices_plan_a_2d_configuration_and_many_a_3d_one(tmp_path):
+    few = write_msd(tmp_path / "few", [(64, 64, 5)] * 3, [(0.8, 0.8, 10.0)] * 3)
+    plan = plan_dataset(few, device="cpu")
+    assert (plan["configuration"], plan["slice_axis"], plan["roi_size"]) == ("2d", 2, [64, 64, 1])
+    assert plan["network_kwargs"]["pool_sizes"] == [[2, 2, 1]] * plan["depth"]
+    assert all(level == [3, 3, 1] for level in plan["network_kwargs"]["kernel_sizes"])
+    many = write_msd(tmp_path / "many", [(64, 64, 24)] * 3, [(0.8, 0.8, 4.0)] * 3)
+    plan = plan_dataset(many, device="cpu")
+    assert plan["configuration"] == "3d" and plan["slice_axis"] is None and plan["roi_size"][2] > 1
+    assert plan["network_kwargs"]["pool_sizes"][0] == [2, 2, 1]  # in-plane first: 0.8 mm against 4 mm

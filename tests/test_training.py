@@ -247,3 +247,23 @@ def test_time_budget_chooses_the_epochs_and_anneals_to_the_last(demo_dataset, tm
     assert load_checkpoint(result.last_checkpoint)["scheduler"]["_last_lr"] == [pytest.approx(0.0, abs=1e-12)]
     assert "val_mean_dice" in result.history[0] and "val_mean_dice" in result.history[-1]  # first and last
     assert json.loads((tmp_path / "budget" / "config.json").read_text())["time_budget_choice"] == choice
+
+
+def test_label_values_with_a_gap_are_refused_before_anything_is_written(demo_dataset, tmp_path, capsys):
+    """BraTS-style labels {0, 1, 4}: one line naming the values and the renumbering, and a rerun with the
+    same output folder is not blocked by anything the refused run left."""
+    pairs = tmp_path / "pairs"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "labels").mkdir()
+    for image in sorted((demo_dataset / "imagesTr").glob("*.nii.gz"))[:3]:
+        shutil.copy(image, pairs / "images" / image.name)
+        label = nib.load(demo_dataset / "labelsTr" / image.name)
+        values = np.asarray(label.dataobj).astype(np.uint8)
+        values[values == 2] = 4
+        nib.save(nib.Nifti1Image(values, label.affine), pairs / "labels" / image.name)
+    args = _cli("--data", str(pairs), "--output", str(tmp_path / "run"), "--plan", "none", "--epochs", "1")
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "label values are [0, 1, 4], not 0..2" in error and "(4 -> 2)" in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "config.json").exists()

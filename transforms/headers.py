@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +68,21 @@ class ImageHeader:
     def spacing(self) -> tuple[float, ...]:
         """Voxel size along each axis (mm for volumes)."""
         return tuple(float(s) for s in np.linalg.norm(self.affine[:-1, :-1], axis=0))
+
+    def oriented(self) -> ImageHeader:
+        """The header of the image as ``Orientationd(axcodes="RAS")`` leaves it: each voxel axis moved to
+        the RAS axis it is closest to (oblique scans: a short-axis cardiac MR's slice axis may become the
+        second). 2D headers are returned as they are."""
+        if len(self.spatial_shape) != 3:
+            return self
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(self.affine), nib.orientations.axcodes2ornt("RAS")
+        )
+        shape = [0, 0, 0]
+        for axis, (target, _) in enumerate(transform):
+            shape[int(target)] = self.spatial_shape[axis]
+        affine = self.affine @ nib.orientations.inv_ornt_aff(transform, self.spatial_shape)
+        return replace(self, spatial_shape=tuple(shape), affine=affine)
 
     @property
     def nbytes_float32(self) -> int:
@@ -169,12 +184,18 @@ def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 
 
 def loader_for(
-    path: str | os.PathLike, *, mask: bool = False, ensure_channel_first: bool = False
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    mask: bool = False,
+    ensure_channel_first: bool = False,
 ) -> Callable[[str | os.PathLike], MetaTensor]:
     """A loader (``path`` -> array-only ``MetaTensor``) the way the presets read ``path``: PIL for the 2D
     formats, the only reader tried (MONAI picks none for TIFF or GIF by itself; a ``mask`` is read as
     one grayscale channel); a DICOM SEG onto the series found beside it
-    (:class:`~attnunet.transforms.loading.LoadDicomSeg`); MONAI's choice by suffix otherwise."""
+    (:class:`~attnunet.transforms.loading.LoadDicomSeg`); MONAI's choice by suffix otherwise. A list of
+    channel files is stacked by MONAI into one image, channels first."""
+    if not isinstance(path, (str, os.PathLike)):
+        return LoadImage(image_only=True, ensure_channel_first=ensure_channel_first)
     if getattr(file_format(path), "picture", False):
         reader = PILReader(converter=grayscale) if mask else PILReader()
         # Given at call time, the reader is the only one tried: no other reader's guess replaces its error.
@@ -186,9 +207,27 @@ def loader_for(
     return LoadImage(image_only=True, ensure_channel_first=ensure_channel_first)
 
 
-def read_header(path: str | os.PathLike) -> ImageHeader:
+def _channels_header(paths: Sequence[str | os.PathLike]) -> ImageHeader:
+    """One case stored as one file per channel: the first file's grid, the channels of all of them."""
+    headers = [read_header(p) for p in paths]
+    first = headers[0]
+    for channel, header in enumerate(headers[1:], start=1):
+        if header.spatial_shape != first.spatial_shape:
+            raise ValueError(
+                f"{header.path}: channel {channel} has shape {header.spatial_shape} but channel 0 "
+                f"{first.path.name} has {first.spatial_shape}; every channel of a case must be on one grid"
+            )
+        if not np.allclose(header.affine, first.affine, rtol=1e-4, atol=1e-3):
+            raise ValueError(
+                f"{header.path}: channel {channel} has another geometry (spacing, origin or direction) than "
+                f"channel 0 {first.path.name}; resample every channel of a case onto one grid"
+            )
+    return replace(first, channels=sum(h.channels for h in headers))
+
+
+def read_header(path: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageHeader:
     """Read the header of a NIfTI, NRRD, MetaImage, PNG/TIFF/JPEG/BMP file, a DICOM series folder or a
-    DICOM SEG label.
+    DICOM SEG label, or of one case's channel files (a list of paths, one image on one grid).
 
     A DICOM SEG gives the header of the grid it is read onto: the series it references, found beside it
     (:func:`~attnunet.transforms.dicom_seg_read.find_source_series`), with ``path`` the SEG, one channel
@@ -196,15 +235,16 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     instead; both are the same series when the SEG lies beside its series.
 
     Args:
-        path: the file or folder.
+        path: the file or folder, or a list of channel files.
 
     Returns:
         An :class:`ImageHeader`; ``spatial_shape`` is in the order ``LoadImaged`` returns
-        (PNG/TIFF: width, height).
+        (PNG/TIFF: width, height). For channel files: the first file's path and grid, the channels of all.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a folder holds no DICOM series.
-        ValueError: the header cannot be read (not an image, truncated header, unknown format),
+        ValueError: the header cannot be read (not an image, truncated header, unknown format), channel
+            files of one case differ in shape or geometry,
             :func:`~attnunet.transforms.dicom_series.check_dicom_series` refuses a DICOM series folder, or
             a DICOM SEG's series is not found beside it.
 
@@ -212,6 +252,8 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
         >>> read_header("imagesTr/case_001.nii.gz").spatial_shape  # doctest: +SKIP
         (64, 64, 32)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return _channels_header(path)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")

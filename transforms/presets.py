@@ -47,6 +47,7 @@ from monai.utils import look_up_option
 
 from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReader for DICOM folders, NRRD, MHA)
 from attnunet.transforms.headers import grayscale
+from attnunet.transforms.intensity import NormalizeChannelsd
 from attnunet.transforms.loading import LoadImageLabeld
 
 __all__ = [
@@ -96,16 +97,17 @@ def _volume_transforms(
     reader: ImageReader | str | None,
     crop_before_intensity: bool,
     flip_axes: Sequence[int],
+    reorient: bool,
 ) -> Compose:
     """The 3D chain shared by CT and MR; ``intensity`` holds the modality's normalisation."""
     keys = _keys(mode)
     _check_common(3, pixdim, roi_size, num_samples)
     _check_flip_axes(flip_axes, 3)
-    chain: list[Callable] = [
-        LoadImageLabeld(keys, reader=reader),
-        EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS", labels=None),  # labels from the meta "space" (RAS or LPS)
-    ]
+    chain: list[Callable] = [LoadImageLabeld(keys, reader=reader), EnsureChannelFirstd(keys)]
+    if reorient:
+        chain.append(
+            Orientationd(keys, axcodes="RAS", labels=None)
+        )  # labels from the meta "space" (RAS or LPS)
     if pixdim is not None:
         modes = ("bilinear", "nearest")[: len(keys)]
         chain.append(Spacingd(keys, pixdim=tuple(float(p) for p in pixdim), mode=modes))
@@ -146,6 +148,7 @@ def ct_transforms(
     a_max: float = 250.0,
     reader: ImageReader | str | None = None,
     flip_axes: Sequence[int] = (0, 1, 2),
+    reorient: bool = True,
 ) -> Compose:
     """CT chain: Hounsfield window ``[a_min, a_max]`` clipped and scaled to [0, 1].
 
@@ -162,6 +165,9 @@ def ct_transforms(
         flip_axes: RAS axes mirrored at random in training (0 left-right, 1 posterior-anterior, 2
             inferior-superior). Leave out an axis along which the classes differ by position (the
             hippocampus' anterior and posterior parts: ``(0,)``).
+        reorient: reorient to RAS first (default). False keeps the stored voxel axes, as nnU-Net does:
+            for oblique scans whose slice axis is closest to different RAS axes from case to case
+            (short-axis cardiac MR), where the axes are then the stored ones, not RAS.
 
     Example:
         >>> chain = ct_transforms("train", pixdim=(1.5, 1.5, 3.0), roi_size=(48, 48, 32), num_samples=2)
@@ -179,6 +185,7 @@ def ct_transforms(
         reader=reader,
         crop_before_intensity=False,
         flip_axes=flip_axes,
+        reorient=reorient,
     )
 
 
@@ -190,8 +197,12 @@ def mr_transforms(
     num_samples: int = 4,
     reader: ImageReader | str | None = None,
     flip_axes: Sequence[int] = (0, 1, 2),
+    channel_windows: Mapping[int | str, Sequence[float]] | None = None,
+    reorient: bool = True,
 ) -> Compose:
-    """MR chain: z-score over non-zero voxels, each channel on its own (background stays 0).
+    """MR chain: z-score over non-zero voxels, each channel on its own (background stays 0); the channels in
+    ``channel_windows`` (the CT channels of a CT + MR or CT + PET image) are clipped to their window and
+    scaled to [0, 1] instead, as the CT chain does.
 
     Args:
         mode: ``"train"``, ``"val"`` or ``"infer"``.
@@ -203,21 +214,30 @@ def mr_transforms(
         flip_axes: RAS axes mirrored at random in training (0 left-right, 1 posterior-anterior, 2
             inferior-superior). Leave out an axis along which the classes differ by position (the
             hippocampus' anterior and posterior parts: ``(0,)``).
+        reorient: reorient to RAS first (default). False keeps the stored voxel axes, as nnU-Net does:
+            for oblique scans whose slice axis is closest to different RAS axes from case to case
+            (short-axis cardiac MR), where the axes are then the stored ones, not RAS.
+        channel_windows: channel index -> ``[a_min, a_max]``, the channels normalised as CT. None or
+            empty: every channel is z-scored.
 
     Example:
         >>> chain = mr_transforms("infer", pixdim=(1.0, 1.0, 1.0))
         >>> image = chain({"image": "brain_t1.nii.gz"})["image"]  # doctest: +SKIP
     """
-    zscore = NormalizeIntensityd("image", nonzero=True, channel_wise=True)
+    if channel_windows:
+        normalise = NormalizeChannelsd("image", channel_windows)
+    else:
+        normalise = NormalizeIntensityd("image", nonzero=True, channel_wise=True)
     return _volume_transforms(
         mode,
-        [zscore],
+        [normalise],
         pixdim=pixdim,
         roi_size=roi_size,
         num_samples=num_samples,
         reader=reader,
         crop_before_intensity=True,
         flip_axes=flip_axes,
+        reorient=reorient,
     )
 
 

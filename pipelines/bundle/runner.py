@@ -26,6 +26,18 @@ __all__ = ["run_config", "train_to"]
 _CONFIG_SYNTAX = ("$", "@", "%")
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string in ``value`` and in the lists and dicts (keys and values) it holds: ConfigParser
+    parses each of them."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
 def run_config(name: str, key: str, overrides: Mapping[str, Any]) -> Any:
     """Parse ``key`` of the template bundle's ``configs/NAME`` with ``overrides`` set first.
 
@@ -35,17 +47,19 @@ def run_config(name: str, key: str, overrides: Mapping[str, Any]) -> Any:
         overrides: config key -> value, as the command's flags give them.
 
     Raises:
-        ValueError: a value starts with ``$``, ``@`` or ``%``, which the parser would run or follow.
+        ValueError: a value (or an item of a list or dict value) starts with ``$``, ``@`` or ``%``,
+            which the parser would run or follow.
 
     Example:
         >>> run_config("train.json", "training", {"data": "Task04", "output": "run"})  # doctest: +SKIP
     """
     for option, value in overrides.items():
-        if isinstance(value, str) and value.startswith(_CONFIG_SYNTAX):
-            raise ValueError(
-                f"--{option.replace('_', '-')} {value!r}: a value may not start with $, @ or % "
-                "(bundle config syntax); rename the file or folder"
-            )
+        for text in _strings(value):
+            if text.startswith(_CONFIG_SYNTAX):
+                raise ValueError(
+                    f"--{option.replace('_', '-')} {text!r}: a value may not start with $, @ or % "
+                    "(bundle config syntax); rename the file or folder"
+                )
     parser = ConfigParser()
     parser.read_config(str(bundle_template_dir() / "configs" / name))
     parser.update(dict(overrides))

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Sequence
 
 from attnunet.pipelines.bundle.runner import run_config
-from attnunet.pipelines.evaluation.reports import format_value
+from attnunet.pipelines.evaluation.reports import REGION_NAME, format_value
 
-__all__ = ["EVALUATE_KEYS", "add_arguments", "run"]
+__all__ = ["EVALUATE_KEYS", "add_arguments", "parse_regions", "run"]
 
-# The keys of configs/evaluate.json the flags set (dest names = keys).
-EVALUATE_KEYS = ("predictions", "labels", "output", "classes", "tolerance_mm", "fov", "overwrite", "progress")
+# The keys of configs/evaluate.json the flags set (dest names = keys; --region sets regions#NAME).
+EVALUATE_KEYS = (
+    "predictions",
+    "labels",
+    "output",
+    "classes",
+    "regions",
+    "tolerance_mm",
+    "fov",
+    "overwrite",
+    "progress",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="class names in index order, background first (default: class_K for each label value)",
     )
     parser.add_argument(
+        "--region",
+        dest="regions",
+        action="append",
+        metavar="NAME=V,V,...",
+        default=[],
+        help="also score the union of these label values as one class named NAME, e.g. BraTS "
+        "--region whole_tumour=1,2,3,4 --region tumour_core=1,3,4 --region enhancing=4; repeat for more; "
+        "a region absent from both prediction and label of a case scores NaN there, like a class "
+        "(default: none)",
+    )
+    parser.add_argument(
         "--tolerance-mm",
         type=float,
         nargs="+",
         default=[2.0],
-        help="surface Dice tolerance in mm: one value, or one per foreground class (default: %(default)s)",
+        help="surface Dice tolerance in mm: one value, or one per foreground class then one per region "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--fov",
@@ -44,14 +68,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_regions(texts: Sequence[str] | None) -> dict[str, list[int]]:
+    """Parse repeated ``--region NAME=V,V,...`` options into the ``regions`` key: name -> label values.
+
+    Raises:
+        ValueError: one line naming the option and what is wrong: no ``=``, a name that is not letters,
+            digits, ``_`` and ``-``, no values, a value that is not a non-negative integer, a name twice.
+
+    Example:
+        >>> parse_regions(["scar=5", "scar_edema=4,5"])
+        {'scar': [5], 'scar_edema': [4, 5]}
+    """
+    parsed: dict[str, list[int]] = {}
+    for text in texts or []:
+        name, sep, values = text.partition("=")
+        name = name.strip()
+        where = f"--region {text!r}"
+        if not sep:
+            raise ValueError(f"{where}: expected NAME=V,V,... (label values joined by commas, e.g. scar=5)")
+        if not REGION_NAME.fullmatch(name):
+            raise ValueError(
+                f"{where}: a name is letters, digits, '_' and '-', starting with a letter or '_'"
+            )
+        if not values.strip():
+            raise ValueError(f"{where}: no label values after '=' (e.g. {name}=4,5)")
+        items = [item.strip() for item in values.split(",")]
+        bad = [item for item in items if not re.fullmatch(r"\d+", item)]
+        if bad:
+            raise ValueError(f"{where}: label values must be non-negative integers, got {bad[0]!r}")
+        if name in parsed:
+            raise ValueError(f"{where}: region {name!r} is given twice")
+        parsed[name] = [int(item) for item in items]
+    return parsed
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``attnunet evaluate``: the bundle's ``configs/evaluate.json`` with the flags as its keys; exit
     status 1 when a prediction is missing or does not match."""
     overrides = {key: value for key, value in vars(args).items() if key in EVALUATE_KEYS}
+    overrides["regions"] = parse_regions(args.regions)  # names and integers only: nothing the parser runs
     summary = run_config("evaluate.json", "evaluation", overrides)
     if summary is None:  # a rank other than 0 under torchrun: rank 0 scores and reports
         return 0
-    for class_name, metrics in summary["classes"].items():
+    for class_name, metrics in {**summary["classes"], **summary["regions"]}.items():
         text = ", ".join(
             f"{metric} {format_value(stats['mean'])} +- {format_value(stats['std'])} (n={stats['n']})"
             for metric, stats in metrics.items()

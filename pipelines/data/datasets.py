@@ -3,11 +3,19 @@
 :func:`discover_dataset` recognises these layouts:
 
 - a Medical Segmentation Decathlon folder: ``dataset.json`` (``labels``, ``modality``, ``training``),
-  ``imagesTr/``, ``labelsTr/``;
+  ``imagesTr/``, ``labelsTr/``, one (4D for several channels) image per case;
+- nnU-Net's raw layout, v2 (``dataset.json`` with ``channel_names``, ``labels`` as ``{"name": value}``,
+  ``numTraining``, ``file_ending``; no case list) and v1 (MSD's ``dataset.json`` whose ``training``
+  entries name ``CASE.nii.gz`` while ``imagesTr/`` holds ``CASE_0000.nii.gz`` ...): one file per channel,
+  ``imagesTr/CASE_XXXX<file_ending>``, grouped per case into one multi-channel image in suffix order,
+  ``labelsTr/CASE<file_ending>``, unlabelled ``imagesTs/`` grouped the same way;
 - a folder with an image folder and a label folder (see ``IMAGE_FOLDERS`` and ``LABEL_FOLDERS``:
   ``imagesTr``/``images``/``input``/... and ``labelsTr``/``labels``/``masks``/...), volumes matched by
-  case name (nnU-Net's ``case_0000.nii.gz`` channel suffix is understood);
-- a CSV file with ``image`` and ``label`` columns (paths relative to the CSV's folder or absolute);
+  case name; images named ``CASE_0000``, ``CASE_0001`` ... beside a label ``CASE`` are one case's
+  channels, as in nnU-Net's layout;
+- a CSV file with an ``image`` and a ``label`` column (paths relative to the CSV's folder or absolute);
+  several image columns (``image_flair``, ``image_t1c`` ...: every column whose name starts with
+  ``image``) are one case's channels, in column order;
 - DICOM: the image folder holds one DICOM series folder per case (``images/case1/``) and the label
   folder a DICOM SEG (``labels/case1.dcm``) or a label volume per case, named after the series folder;
   a CSV may also pair series folders with DICOM SEG files. A SEG label is read onto its image's series
@@ -30,16 +38,16 @@ import csv
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from monai.data import CacheDataset, Dataset, PersistentDataset, load_decathlon_datalist
 from monai.utils import look_up_option
 
-from attnunet.pipelines.data.files import case_name, match_by_leading_token
+from attnunet.pipelines.data.files import CHANNEL_SUFFIX, case_name, channel_groups, match_by_leading_token
 from attnunet.pipelines.data.label_classes import classes_from_labels
 from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.transforms.dicom_series import subfolders
@@ -72,20 +80,24 @@ class DatasetIndex:
 
     Attributes:
         items: one dict per case, ``{"image": str, "label": str}`` (absolute paths; ``label`` absent for
-            unlabelled cases), in a stable order.
+            unlabelled cases), in a stable order; ``image`` is a list of paths, one per channel, for
+            a case stored as one file per channel (MONAI's ``LoadImaged`` stacks them as channels).
         labels: class index (as str) -> class name, background at ``"0"``.
-        modality: ``"CT"``, ``"MR"``, ... as declared (MSD), ``"image2d"`` for 2D images, ``""`` if unknown.
+        modality: the declared channel names joined by ``+`` (``"CT"``, ``"bSSFP+LGE+T2"``),
+            ``"image2d"`` for 2D images, ``""`` if unknown.
         root: the dataset folder (the CSV's folder for a CSV).
-        layout: ``"msd"``, ``"pairs"`` (DICOM series folders included), ``"csv"`` or ``"image2d"``.
-        test_items: unlabelled test cases an MSD ``dataset.json`` lists (``{"image": str}``).
+        layout: ``"msd"``, ``"nnunet"``, ``"pairs"`` (DICOM series folders included), ``"csv"`` or
+            ``"image2d"``.
+        test_items: unlabelled test cases (``{"image": ...}``) an MSD ``dataset.json`` lists or an
+            nnU-Net ``imagesTs/`` holds.
     """
 
-    items: list[dict[str, str]]
+    items: list[dict[str, Any]]
     labels: dict[str, str]
     modality: str
     root: Path
     layout: str = "pairs"
-    test_items: list[dict[str, str]] = field(default_factory=list)
+    test_items: list[dict[str, Any]] = field(default_factory=list)
 
 
 def discover_dataset(path: str | os.PathLike) -> DatasetIndex:
@@ -118,7 +130,7 @@ def discover_dataset(path: str | os.PathLike) -> DatasetIndex:
             raise DataValidationError(f"{path}: a dataset file must be a CSV with image,label columns")
         return _from_csv(path)
     if (path / "dataset.json").is_file():
-        return _from_msd(path)
+        return _from_description(path)
     if not any(path.iterdir()):
         raise DataValidationError(f"dataset folder {path} is empty; put the images and labels there")
     image_dir = next((path / n for n in IMAGE_FOLDERS if (path / n).is_dir()), None)
@@ -158,12 +170,8 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     )
     fovs_by_name = {p.stem: p for p in _files(fov_dir, IMAGE2D_SUFFIXES)} if fov_dir else {}
     items = []
-    for image in images:
-        name = image.stem if is_2d else case_name(image)
-        channel = re.fullmatch(r"(.+)_\d{4}", name)  # nnU-Net's case_0000 (channel 0) -> case
-        candidates = (
-            [name + s for s in MASK_SUFFIXES] if is_2d else [name] + ([channel[1]] if channel else [])
-        )
+    for name, image in _image_cases(images, labels_by_name, is_2d):
+        candidates = [name + s for s in MASK_SUFFIXES] if is_2d else [name]
         label = next((labels_by_name[c] for c in candidates if c in labels_by_name), None)
         if label is None and is_2d:
             label = match_by_leading_token(name, labels_by_name)
@@ -172,7 +180,7 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
                 f"image {image} has no label in {label_dir} (looked for {', '.join(candidates)} with an "
                 "image extension); add it or move the image out of the training folder"
             )
-        item = {"image": str(image), "label": str(label)}
+        item = {"image": image, "label": str(label)}
         fov = next((fovs_by_name[c] for c in candidates if c in fovs_by_name), None)
         if fov is None and fovs_by_name:
             fov = match_by_leading_token(name, fovs_by_name)
@@ -189,6 +197,22 @@ def _from_pairs(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     return DatasetIndex(items, classes_from_labels(items), "", root, layout="pairs")
 
 
+def _image_cases(
+    images: Sequence[Path], labels_by_name: dict[str, Path], is_2d: bool
+) -> list[tuple[str, str | list[str]]]:
+    """``(case name, image entry)`` per case: one per file, or, where every volume is named ``CASE_XXXX``
+    and the labels are named ``CASE`` (nnU-Net's channel files), one per group of channel files."""
+    names = [path.stem if is_2d else case_name(path) for path in images]
+    suffixed = not is_2d and all(CHANNEL_SUFFIX.fullmatch(name) for name in names)
+    if suffixed and not all(name in labels_by_name for name in names):
+        try:
+            groups = channel_groups(images)
+        except ValueError as error:
+            raise DataValidationError(str(error)) from None
+        return [(case, _channel_image(files)) for case, files in groups.items()]
+    return [(name, str(path)) for name, path in zip(names, images, strict=True)]
+
+
 def _from_series(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     """One DICOM series folder per case in ``image_dir``, its label (a SEG or a volume) named after it."""
     labels_by_name = {case_name(label): label for label in _files(label_dir, (*IMAGE_SUFFIXES, ".dcm"))}
@@ -203,23 +227,74 @@ def _from_series(root: Path, image_dir: Path, label_dir: Path) -> DatasetIndex:
     return DatasetIndex(items, classes_from_labels(items), "", root, layout="pairs")
 
 
-def _from_msd(root: Path) -> DatasetIndex:
+def _channel_image(files: Sequence[Path]) -> str | list[str]:
+    """A case's ``image`` entry: its one file, or its channel files in channel order."""
+    paths = [str(f) for f in files]
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _class_names(description_file: Path, raw_labels: object) -> dict[str, str]:
+    """Class index (as str) -> name, from MSD's ``{"0": "background"}`` or nnU-Net v2's
+    ``{"background": 0}``."""
+    if not isinstance(raw_labels, dict) or not raw_labels:
+        raise DataValidationError(
+            f"{description_file}: 'labels' must map class values to names, got {raw_labels!r}"
+        )
+    regions = [name for name, value in raw_labels.items() if isinstance(value, (list, tuple))]
+    if regions:
+        raise DataValidationError(
+            f"{description_file}: labels {regions} are regions (lists of label values, nnU-Net's "
+            "region-based training); attnunet trains one class per label value: declare each value "
+            'once (e.g. {"background": 0, "edema": 1, ...}) and score unions with '
+            "attnunet evaluate --region NAME=V,V"
+        )
+    try:
+        if all(isinstance(v, int) for v in raw_labels.values()):
+            return {str(v): str(k) for k, v in sorted(raw_labels.items(), key=lambda kv: kv[1])}
+        return {str(int(k)): str(v) for k, v in sorted(raw_labels.items(), key=lambda kv: int(kv[0]))}
+    except (TypeError, ValueError):
+        raise DataValidationError(
+            f'{description_file}: \'labels\' must be {{"0": "background", ...}} (MSD) or '
+            f'{{"background": 0, ...}} (nnU-Net v2), got {raw_labels!r}'
+        ) from None
+
+
+def _from_description(root: Path) -> DatasetIndex:
+    """An MSD, nnU-Net v1 or nnU-Net v2 folder, told apart by its ``dataset.json``."""
     description_file = root / "dataset.json"
     try:
         description = json.loads(description_file.read_text())
-        training = description["training"]
-        raw_labels = description["labels"]
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
+        raise DataValidationError(f"{description_file} is not JSON: {error}") from None
+    if not isinstance(description, dict) or "labels" not in description:
         raise DataValidationError(
-            f"{description_file} is not an MSD dataset.json (needs 'labels' and 'training'): {error!r}"
+            f"{description_file} has no 'labels'; an MSD dataset.json has 'labels', 'modality' and "
+            "'training', an nnU-Net v2 one 'labels', 'channel_names', 'numTraining' and 'file_ending'"
+        )
+    labels = _class_names(description_file, description["labels"])
+    declared = description.get("channel_names") or description.get("modality") or {}
+    try:
+        channels = [str(declared[k]) for k in sorted(declared, key=int)]
+    except (TypeError, ValueError, AttributeError):
+        raise DataValidationError(
+            f'{description_file}: channels must map channel numbers to names ({{"0": "T1", "1": "T2"}}), got '
+            f"{declared!r}"
         ) from None
-    # MSD writes {"0": "background"}; nnU-Net v2 writes {"background": 0}: accept both.
-    if all(isinstance(v, int) for v in raw_labels.values()):
-        labels = {str(v): str(k) for k, v in sorted(raw_labels.items(), key=lambda kv: kv[1])}
-    else:
-        labels = {str(k): str(v) for k, v in sorted(raw_labels.items(), key=lambda kv: int(kv[0]))}
-    channels = description.get("modality") or description.get("channel_names") or {}
-    modality = "+".join(str(channels[k]) for k in sorted(channels, key=int)) if channels else ""
+    if "training" in description:
+        return _from_msd(root, description, labels, channels)
+    if not channels:
+        raise DataValidationError(
+            f"{description_file} has no 'training' list (MSD) and no 'channel_names' (nnU-Net v2); add "
+            "the one its layout needs"
+        )
+    return _from_nnunet(root, description, labels, channels)
+
+
+def _from_msd(root: Path, description: dict, labels: dict[str, str], channels: list[str]) -> DatasetIndex:
+    description_file = root / "dataset.json"
+    training = description["training"]
+    if not isinstance(training, list):
+        raise DataValidationError(f"{description_file}: 'training' must be a list of cases, got {training!r}")
     for position, case in enumerate(training):
         if not isinstance(case, dict) or "image" not in case:
             raise DataValidationError(
@@ -230,31 +305,116 @@ def _from_msd(root: Path) -> DatasetIndex:
     # MONAI joins the paths to the folder; resolved as every other layout's paths are.
     loaded = load_decathlon_datalist(description_file, is_segmentation=True, base_dir=root)
     items = [
-        {key: str(Path(case[key]).resolve()) for key in ("image", "label") if entry.get(key)}
+        {key: _resolved(case[key]) for key in ("image", "label") if entry.get(key)}
         for entry, case in zip(training, loaded, strict=True)
     ]
     tests = description.get("test") or []
     loaded = load_decathlon_datalist(description_file, True, "test", root) if tests else []
-    test_items = [{"image": str(Path(case["image"]).resolve())} for case in loaded]
+    test_items = [{"image": _resolved(case["image"])} for case in loaded]
+    # nnU-Net v1 lists imagesTr/CASE.nii.gz where the folder holds CASE_0000.nii.gz, CASE_0001.nii.gz ...
+    for item in (*items, *test_items):
+        if isinstance(item["image"], str):
+            item["image"] = _v1_channels(Path(item["image"]), len(channels) or None)
+    modality = "+".join(channels)
     return DatasetIndex(items, labels, modality, root, layout="msd", test_items=test_items)
+
+
+def _resolved(path: str | list[str]) -> str | list[str]:
+    """An absolute path, or a list of them (a case's channel files listed in a ``dataset.json``)."""
+    return [str(Path(p).resolve()) for p in path] if isinstance(path, list) else str(Path(path).resolve())
+
+
+def _v1_channels(image: Path, channels: int | None) -> str | list[str]:
+    """``image`` itself, or, where only nnU-Net v1's channel files ``CASE_XXXX`` exist, those files."""
+    name = case_name(image)
+    first = image.with_name(f"{name}_0000{image.name[len(name) :]}")
+    if image.exists() or not first.exists():
+        return str(image)  # a missing file is reported by the validation, with the others
+    siblings = [p for p in image.parent.iterdir() if CHANNEL_SUFFIX.fullmatch(case_name(p) or "")]
+    try:
+        files = channel_groups([p for p in siblings if case_name(p).rsplit("_", 1)[0] == name], channels)[
+            name
+        ]
+    except ValueError as error:
+        raise DataValidationError(str(error)) from None
+    return _channel_image(files)
+
+
+def _grouped(folder: Path, ending: str, channels: int) -> dict[str, list[Path]]:
+    files = [
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending)
+    ]
+    try:
+        return channel_groups(files, channels)
+    except ValueError as error:
+        raise DataValidationError(str(error)) from None
+
+
+def _from_nnunet(root: Path, description: dict, labels: dict[str, str], channels: list[str]) -> DatasetIndex:
+    """nnU-Net v2's raw layout: ``imagesTr/CASE_XXXX<file_ending>``, ``labelsTr/CASE<file_ending>``."""
+    description_file = root / "dataset.json"
+    ending = str(description.get("file_ending", ".nii.gz"))
+    image_dir, label_dir = root / "imagesTr", root / "labelsTr"
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise DataValidationError(
+                f"{folder} does not exist; nnU-Net's layout keeps the training cases there"
+            )
+    groups = _grouped(image_dir, ending, len(channels))
+    groups = {case: [f.resolve() for f in files] for case, files in groups.items()}
+    labelled = {
+        p.name[: -len(ending)]: p
+        for p in label_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending)
+    }
+    for case in sorted(set(groups) - set(labelled)):
+        raise DataValidationError(
+            f"case {case}: {groups[case][0]} has no label {label_dir / (case + ending)}; add it or move the "
+            "case's channel files out of imagesTr"
+        )
+    for case in sorted(set(labelled) - set(groups)):
+        raise DataValidationError(
+            f"label {labelled[case]} has no image {image_dir / f'{case}_0000{ending}'}; add the case's "
+            "channel files or remove the label"
+        )
+    if not labelled:
+        raise DataValidationError(f"{label_dir} holds no {ending} labels; add the training cases")
+    declared = description.get("numTraining")
+    if declared is not None and declared != len(labelled):
+        raise DataValidationError(
+            f"{description_file}: numTraining is {declared} but {label_dir} holds {len(labelled)} labelled "
+            "cases; correct numTraining or add the missing cases"
+        )
+    items = [
+        {"image": _channel_image(groups[c]), "label": str(labelled[c].resolve())} for c in sorted(labelled)
+    ]
+    tests_dir = root / "imagesTs"
+    tests = _grouped(tests_dir, ending, len(channels)) if tests_dir.is_dir() else {}
+    test_items = [{"image": _channel_image([f.resolve() for f in tests[c]])} for c in sorted(tests)]
+    return DatasetIndex(items, labels, "+".join(channels), root, layout="nnunet", test_items=test_items)
 
 
 def _from_csv(path: Path) -> DatasetIndex:
     with path.open(newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or "image" not in rows[0]:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+        columns = [c for c in (reader.fieldnames or []) if c.strip().startswith("image")]
+    if not rows or not columns:
         raise DataValidationError(
-            f"CSV {path} needs a header with 'image' and 'label' columns, then one row per case"
+            f"CSV {path} needs a header with an 'image' column (or one per channel: image_t1, image_t2 ...) "
+            "and a 'label' column, then one row per case"
         )
     items = []
     for line, row in enumerate(rows, start=2):
-        if not row.get("image"):
-            raise DataValidationError(f"CSV {path}, line {line}: the 'image' column is empty")
-        item = {"image": str((path.parent / row["image"].strip()).resolve())}
+        empty = [c for c in columns if not (row.get(c) or "").strip()]
+        if empty:
+            raise DataValidationError(f"CSV {path}, line {line}: the {empty[0]!r} column is empty")
+        channels = [str((path.parent / row[c].strip()).resolve()) for c in columns]
+        item: dict[str, Any] = {"image": channels[0] if len(channels) == 1 else channels}
         if row.get("label"):
             item["label"] = str((path.parent / row["label"].strip()).resolve())
         items.append(item)
-    is_2d = all(item["image"].lower().endswith(IMAGE2D_SUFFIXES) for item in items)
+    is_2d = len(columns) == 1 and all(item["image"].lower().endswith(IMAGE2D_SUFFIXES) for item in items)
     if is_2d:
         return DatasetIndex(items, dict(BINARY_LABELS), "image2d", path.parent, layout="csv")
     return DatasetIndex(items, classes_from_labels(items), "", path.parent, layout="csv")

@@ -9,13 +9,16 @@ that name, so both use :func:`case_name`. Outputs are written through
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from attnunet.transforms.formats import IMAGE_SUFFIXES  # the one table of formats
 
 __all__ = [
+    "CHANNEL_SUFFIX",
     "case_name",
+    "channel_groups",
     "match_by_leading_token",
     "list_images",
     "innermost_cause",
@@ -34,6 +37,54 @@ def case_name(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+# nnU-Net's one file per channel: CASE_0000.nii.gz is channel 0 of CASE, CASE_0001.nii.gz channel 1 ...
+CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+
+
+def channel_groups(paths: Sequence[Path], channels: int | None = None) -> dict[str, list[Path]]:
+    """nnU-Net's channel files grouped per case: ``{case: [CASE_0000, CASE_0001, ...]}``, in suffix order.
+
+    Every file must be named ``CASE_XXXX<extension>`` and every case must have the channels
+    ``0000 ... channels - 1`` (``channels`` None: as many as the case with the most), no gap, no more.
+
+    Raises:
+        ValueError: a file without the suffix, a case with a missing or an extra channel file; the
+            message names the case and the file.
+
+    Example:
+        >>> groups = channel_groups([Path("a_0000.nii.gz"), Path("a_0001.nii.gz")])
+        >>> {case: [p.name for p in files] for case, files in groups.items()}
+        {'a': ['a_0000.nii.gz', 'a_0001.nii.gz']}
+    """
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(paths):
+        match = CHANNEL_SUFFIX.fullmatch(case_name(path))
+        if match is None:
+            raise ValueError(
+                f"{path} has no channel suffix: in this layout every image is named CASE_XXXX "
+                "(CASE_0000 for the first channel, CASE_0001 for the second ...)"
+            )
+        found.setdefault(match[1], {})[int(match[2])] = path
+    groups: dict[str, list[Path]] = {}
+    expected = channels if channels is not None else max((max(f) + 1 for f in found.values()), default=0)
+    for case, files in found.items():
+        extension = next(iter(files.values())).name[len(case_name(next(iter(files.values())))) :]
+        missing = [f"{case}_{c:04d}{extension}" for c in range(expected) if c not in files]
+        extra = [files[c].name for c in sorted(files) if c >= expected]
+        if missing:
+            raise ValueError(
+                f"case {case}: channel file {missing[0]} is missing in {next(iter(files.values())).parent} "
+                f"(every case needs the {expected} channels {case}_0000 ... {case}_{expected - 1:04d})"
+            )
+        if extra:
+            raise ValueError(
+                f"case {case}: {extra[0]} is a channel beyond the {expected} expected "
+                f"({case}_0000 ... {case}_{expected - 1:04d}); remove it or declare the channel"
+            )
+        groups[case] = [files[c] for c in range(expected)]
+    return groups
 
 
 def match_by_leading_token(name: str, candidates: dict[str, Path]) -> Path | None:

@@ -62,7 +62,7 @@ def classes_from_labels(items: Sequence[Mapping[str, str]]) -> dict[str, str]:
 
 def _check_seg_image(item: Mapping[str, str]) -> None:
     """A DICOM SEG label is read onto its image's series: the image must be a series folder."""
-    if not Path(item["image"]).is_dir():
+    if not isinstance(item["image"], str) or not Path(item["image"]).is_dir():
         raise DataValidationError(
             f"label {item['label']} is a DICOM SEG, read onto the grid of its image's DICOM series, but "
             f"image {item['image']} is not a series folder; give the folder of the series the SEG comes from"

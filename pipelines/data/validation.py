@@ -53,7 +53,7 @@ def _is_2d(path: str) -> bool:
     return path.lower().endswith(IMAGE2D_SUFFIXES)
 
 
-def _header(path: str, role: str, problems: list[str]) -> ImageHeader | None:
+def _header(path: str | list[str], role: str, problems: list[str]) -> ImageHeader | None:
     try:
         return read_header(path)
     except FileNotFoundError:
@@ -72,7 +72,7 @@ def _check_headers(item: Mapping, require_label: bool, problems: list[str]) -> I
     label_path = item.get("label")
     if not label_path and require_label:
         problems.append(f"image {image_path} has no label; add its label file or remove the image")
-    image = _header(str(image_path), "image", problems)
+    image = _header(image_path if isinstance(image_path, list) else str(image_path), "image", problems)
     label = _header(str(label_path), "label", problems) if label_path else None
     if image is None or label is None:
         return image
@@ -150,7 +150,7 @@ def _check_kinds(
             )
 
 
-def _load(path: str, role: str, problems: list[str]) -> np.ndarray | None:
+def _load(path: str | list[str], role: str, problems: list[str]) -> np.ndarray | None:
     try:
         return np.asarray(loader_for(path)(path))
     except Exception as error:  # any decoding failure means the same thing here: the file is unusable
@@ -162,7 +162,7 @@ def _load(path: str, role: str, problems: list[str]) -> np.ndarray | None:
 def _check_values(item: Mapping, classes: set[int] | None, problems: list[str]) -> None:
     for role in ("image", "label"):
         path = item.get(role)
-        data = _load(str(path), role, problems) if path else None
+        data = _load(path if isinstance(path, list) else str(path), role, problems) if path else None
         if data is None:
             continue
         bad = ~np.isfinite(data)

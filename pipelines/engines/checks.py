@@ -26,7 +26,7 @@ from nibabel.orientations import io_orientation
 from torch import nn
 
 from attnunet.pipelines.data.datasets import DatasetIndex, discover_dataset
-from attnunet.pipelines.data.validation import validate_items
+from attnunet.pipelines.data.validation import DataValidationError, validate_items
 from attnunet.pipelines.engines.config import TrainConfig, resolve_config
 from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
@@ -85,11 +85,20 @@ def check_output(output: Path, resume: bool) -> Path:
 
 
 def _checked_labels(config: TrainConfig, index: DatasetIndex) -> dict[str, str]:
-    """The dataset's classes, checked against ``out_channels``."""
+    """The dataset's classes, checked against ``out_channels``: their values must be 0..K-1, one network
+    output per value (a label map {0, 1, 4} would index an output the network does not have)."""
     labels = dict(index.labels)
     if len(labels) < 2:
         raise ValueError(
             f"{config.data}: a segmentation needs at least 2 classes (background + one), got {labels}"
+        )
+    values = sorted(int(v) for v in labels)
+    if values != list(range(len(values))):
+        renumbered = ", ".join(f"{v} -> {i}" for i, v in enumerate(values) if v != i)
+        raise DataValidationError(
+            f"{config.data}: the label values are {values}, not 0..{len(values) - 1}; the network has one "
+            f"output per class index, so renumber the labels ({renumbered}) and name the classes in a "
+            "dataset.json"
         )
     out_channels = config.out_channels or len(labels)
     if out_channels == 1 and len(labels) != 2:

@@ -12,11 +12,13 @@ import torch
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer, default_prepare_batch
 from monai.handlers import IgniteMetricHandler, MeanDice
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SimpleInferer
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, DiceLoss
 from monai.utils import convert_to_tensor, look_up_option
 
 from attnunet.pipelines.engines.config import LOSSES, SCHEDULERS
+from attnunet.pipelines.inference.apply import ValidationInferer, Windows
+from attnunet.spec import ModelSpec
 
 __all__ = [
     "create_evaluator",
@@ -105,7 +107,7 @@ def create_evaluator(
     loader: DataLoader,
     loss_function: torch.nn.Module,
     *,
-    out_channels: int,
+    spec: ModelSpec,
     roi_size: tuple[int, ...],
     sw_batch_size: int,
     overlap: float,
@@ -114,17 +116,20 @@ def create_evaluator(
 ) -> SupervisedEvaluator:
     """Sliding-window validation: ``val_mean_dice`` (key metric), ``val_dice`` per class, ``val_loss``.
 
-    Softmax outputs are scored on the foreground classes from class indices; one sigmoid output on
-    its mask.
+    The windows are inference's own (:class:`~attnunet.pipelines.inference.apply.ValidationInferer`:
+    the same stitching of class probabilities, without test-time flips). Softmax outputs are scored on
+    the foreground classes from class indices; one sigmoid output on its mask.
     """
+    out_channels = spec.out_channels
     dice_args = {
         "include_background": out_channels == 1,
         "num_classes": out_channels if out_channels > 1 else None,
         "output_transform": _discrete_pred_label(out_channels),
     }
-    inferer = SlidingWindowInferer(
-        roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+    windows = Windows.for_model(
+        spec, roi_size, overlap, sw_batch_size, tta=False, sw_device=str(device), device=str(device)
     )
+    inferer = ValidationInferer(spec, windows, amp=amp)
     return SupervisedEvaluator(
         device=device,
         val_data_loader=loader,

@@ -201,7 +201,7 @@ class _Run:
         )  # fmt: skip
         val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=config.num_workers)
         self.evaluator = create_evaluator(
-            model, val_loader, loss, out_channels=spec.out_channels, roi_size=config.roi_size,
+            model, val_loader, loss, spec=spec, roi_size=config.roi_size,
             sw_batch_size=config.sw_batch_size, overlap=config.overlap, device=device, amp=amp,
         )  # fmt: skip
         self.trainer = create_trainer(

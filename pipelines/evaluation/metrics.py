@@ -5,13 +5,14 @@ prediction of the same case name (:func:`attnunet.pipelines.data.files.case_name
 ``<case>.nii.gz`` files of ``attnunet infer`` match ``labelsTs/<case>.nii.gz``), computes MONAI's
 :class:`~monai.metrics.DiceMetric`, :class:`~monai.metrics.HausdorffDistanceMetric` (95th percentile, mm)
 and :class:`~monai.metrics.SurfaceDiceMetric` (tolerance in mm) per foreground class with the label's
-voxel spacing, and writes:
+voxel spacing; ``regions`` adds unions of label values scored the same way, as a challenge scores them
+(BraTS: ``{"whole_tumour": [1, 2, 3, 4], "tumour_core": [1, 3, 4], "enhancing": [4]}``), and writes:
 
 - ``metrics.csv``: one row per label file, with a ``status`` column: ``ok``, ``missing prediction``
   or what does not match (shape, affine, values outside the classes);
-- ``summary.csv`` and ``summary.json``: mean, std and count of cases (``n``) per class and metric, the
-  mean over classes with the number of classes it averaged (``classes``), the missing and mismatched
-  cases by name.
+- ``summary.csv`` and ``summary.json``: mean, std and count of cases (``n``) per class, region and metric,
+  the mean over classes (regions left out) with the number of classes it averaged (``classes``), the
+  missing and mismatched cases by name.
 
 A label may be a DICOM SEG (``labelsTs/<case>.dcm`` for the prediction of series ``<case>/``): it is
 read onto the grid of the series it was made from, found beside it
@@ -25,6 +26,7 @@ summary, logged as warnings, and make the command exit with status 1.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -49,6 +51,7 @@ from attnunet.pipelines.data.files import (
 from attnunet.pipelines.evaluation.reports import (
     METRICS,
     MISSING_STATUS,
+    REGION_NAME,
     summarise,
     write_reports,
 )
@@ -110,6 +113,42 @@ def _class_table(
     return table
 
 
+def _region_table(
+    regions: Mapping[str, int | Sequence[int]] | None, table: Mapping[int, str]
+) -> dict[str, list[int]]:
+    """Name -> sorted label values of every region, checked against the class table."""
+    if regions is None:
+        return {}
+    if not isinstance(regions, Mapping):
+        raise ValueError(
+            f"regions must map names to label values, e.g. {{'scar_edema': [4, 5]}}, got {regions!r}"
+        )
+    checked: dict[str, list[int]] = {}
+    for name, given in regions.items():
+        values = [given] if isinstance(given, numbers.Integral) else given
+        shown = ",".join(map(str, values)) if isinstance(values, (list, tuple)) else repr(given)
+        where = f"region {name}={shown}"  # as --region writes it
+        if not isinstance(name, str) or not REGION_NAME.fullmatch(name):
+            raise ValueError(
+                f"{where}: a name is letters, digits, '_' and '-', starting with a letter or '_'"
+            )
+        if name in table.values() or name == "mean":
+            raise ValueError(
+                f"{where}: {name!r} is a class name (or the summary's 'mean'); name the region otherwise"
+            )
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"{where}: give one or more label values, e.g. {name}=4,5")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"{where}: label values must be non-negative integers")
+        outside = sorted({int(v) for v in values if v >= len(table)})
+        if outside:
+            raise ValueError(
+                f"{where}: label value(s) {outside} are not among the classes 0..{len(table) - 1}"
+            )
+        checked[name] = sorted({int(v) for v in values})
+    return checked
+
+
 def _read(path: Path, *, mask: bool = False) -> MetaTensor:
     """Read a label map (channel first); a failure names the file and its first cause, not MONAI's
     wrapper. A 2D ``mask`` (PNG, GIF, ...) is binarised as the 2D preset does, so 0/255 masks compare
@@ -141,15 +180,16 @@ def _mismatch(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -
     return None
 
 
-def _thresholds(tolerance_mm: float | Sequence[float], count: int) -> list[float]:
-    """One surface Dice tolerance (mm) per foreground class, from one for all or one per class."""
+def _thresholds(tolerance_mm: float | Sequence[float], count: int, regions: int = 0) -> list[float]:
+    """One surface Dice tolerance (mm) per foreground class and region, from one for all or one each
+    (the classes' in index order, then the regions')."""
     thresholds = [float(t) for t in (tolerance_mm if isinstance(tolerance_mm, Sequence) else [tolerance_mm])]
-    thresholds = thresholds * count if len(thresholds) == 1 else thresholds
-    if len(thresholds) != count or any(t <= 0 for t in thresholds):
-        raise ValueError(
-            f"tolerance_mm must be one positive number or one per foreground class ({count}), "
-            f"got {tolerance_mm!r}"
+    thresholds = thresholds * (count + regions) if len(thresholds) == 1 else thresholds
+    if len(thresholds) != count + regions or any(t <= 0 for t in thresholds):
+        each = (
+            f"foreground class and region ({count} + {regions})" if regions else f"foreground class ({count})"
         )
+        raise ValueError(f"tolerance_mm must be one positive number or one per {each}, got {tolerance_mm!r}")
     return thresholds
 
 
@@ -192,10 +232,17 @@ def _scorable(
 
 
 class _Scorer:
-    """Per-class Dice, HD95 and surface Dice of a case, with MONAI's metrics built once per evaluation."""
+    """Per-class and per-region Dice, HD95 and surface Dice of a case, with MONAI's metrics built once per
+    evaluation: a region is one more channel, its mask ``isin(label, values)`` in prediction and label."""
 
-    def __init__(self, foreground: Sequence[str], thresholds: Sequence[float]) -> None:
+    def __init__(
+        self,
+        foreground: Sequence[str],
+        thresholds: Sequence[float],
+        regions: Mapping[str, Sequence[int]] | None = None,
+    ) -> None:
         self.foreground = list(foreground)
+        self.regions = {name: torch.tensor(list(values)) for name, values in (regions or {}).items()}
         self.dice = DiceMetric(include_background=False, reduction="none")
         self.hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
         self.nsd = SurfaceDiceMetric(
@@ -203,10 +250,8 @@ class _Scorer:
         )
 
     def __call__(self, prediction: MetaTensor, label: MetaTensor) -> dict[str, float]:
-        """``<metric>_<class>`` -> value; distances in mm, from the label's voxel spacing."""
-        num_classes = len(self.foreground) + 1
-        y_pred = one_hot(prediction.as_tensor()[None].long(), num_classes)
-        y = one_hot(label.as_tensor()[None].long(), num_classes)
+        """``<metric>_<class or region>`` -> value; distances in mm, from the label's voxel spacing."""
+        y_pred, y = (self._channels(image.as_tensor().long()) for image in (prediction, label))
         spacing = [float(s) for s in label.pixdim]
         with warnings.catch_warnings():
             # MONAI's own surface-distance code passes an argument it has deprecated (FutureWarning on
@@ -217,11 +262,19 @@ class _Scorer:
                 "hd95": self.hd95(y_pred, y, spacing=spacing)[0],
                 "nsd": self.nsd(y_pred, y, spacing=spacing)[0],
             }
+        names = self.foreground + list(self.regions)
         return {
             f"{metric}_{name}": float(values[position])
             for metric, values in scores.items()
-            for position, name in enumerate(self.foreground)
+            for position, name in enumerate(names)
         }
+
+    def _channels(self, image: torch.Tensor) -> torch.Tensor:
+        """A channel-first label map (1, *spatial) as a batch of one: background, one channel per foreground
+        class, then one per region."""
+        classes = one_hot(image[None], len(self.foreground) + 1)
+        regions = [torch.isin(image, values)[None].to(classes.dtype) for values in self.regions.values()]
+        return torch.cat([classes, *regions], dim=1)
 
 
 def _case_row(
@@ -257,12 +310,13 @@ def evaluate(
     *,
     output_dir: str | os.PathLike,
     class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    regions: Mapping[str, int | Sequence[int]] | None = None,
     tolerance_mm: float | Sequence[float] = 2.0,
     fov: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any] | None:
-    """Score label-map predictions against reference labels, per case and per class.
+    """Score label-map predictions against reference labels, per case, per class and per region.
 
     Under ``torchrun`` (``multi_gpu_evaluate.json``) rank 0 scores every case and the other ranks return
     None: scoring is cheap beside inference, and one writer keeps the reports whole.
@@ -275,7 +329,13 @@ def evaluate(
         class_names: index -> name, background at 0, like a checkpoint config's ``labels``
             (``{"0": "background", "1": "organ"}``) or a list in index order; default: ``class_K``
             for every value up to the largest label value.
-        tolerance_mm: surface Dice tolerance in mm, one for all foreground classes or one per class.
+        regions: name -> label values (``{"scar": [5], "scar_edema": [4, 5]}``): each region is scored as one
+            more class whose mask is ``isin(label, values)`` in prediction and label, under its own name
+            (columns ``dice_<name>``... of ``metrics.csv``, rows of ``summary.csv``, ``regions`` of the
+            summary) and left out of the mean over classes. Names are letters, digits, ``_`` and ``-``,
+            none a class name; values are classes. Default: none.
+        tolerance_mm: surface Dice tolerance in mm, one for all foreground classes and regions or one per
+            class then one per region.
         fov: a folder of field-of-view masks (DRIVE's ``mask/``): every metric is computed inside each
             case's mask only (prediction and label are set to background outside it).
         overwrite, progress: replace existing result files in ``output_dir``; a progress bar over cases.
@@ -283,15 +343,17 @@ def evaluate(
     Returns:
         None on a rank other than 0; otherwise the summary: ``num_cases``, ``num_evaluated``,
         ``missing`` (case names), ``mismatched`` (case -> reason), ``unmatched_predictions``,
-        ``classes`` (name -> metric -> mean/std/n), ``mean`` (metric -> mean over classes),
+        ``classes`` and ``regions`` (name -> metric -> mean/std/n), ``region_values`` (name -> label
+        values), ``mean`` (metric -> mean over classes),
         ``mean_classes`` (metric -> how many classes that mean averaged), ``tolerance_mm`` and ``files``.
         Hausdorff distances are in mm; infinite or NaN values (an empty prediction or label) count in
-        ``metrics.csv`` but not in the means.
+        ``metrics.csv`` but not in the means. A class or region absent from both the prediction and the
+        label of a case scores NaN in every metric (MONAI's metrics), so that case is left out of its means.
 
     Raises:
         FileNotFoundError: ``labels`` or ``predictions`` does not exist, or no label file is found.
         FileExistsError: result files exist in ``output_dir`` and ``overwrite`` is False.
-        ValueError: bad ``class_names``, ``tolerance_mm`` or flag, a case name given twice, or an
+        ValueError: bad ``class_names``, ``regions``, ``tolerance_mm`` or flag, a case name given twice, or an
             unreadable label (an unreadable prediction is reported as mismatched).
 
     Example:
@@ -309,17 +371,20 @@ def evaluate(
     fov_files = _image_files(fov, "fov", PREDICTION_SUFFIXES) if fov is not None else {}
     if not label_files:
         raise FileNotFoundError(f"no label images ({', '.join(LABEL_SUFFIXES)}) in {labels}")
-    foreground = [name for index, name in _class_table(class_names, label_files).items() if index > 0]
-    thresholds = _thresholds(tolerance_mm, len(foreground))
-    score = _Scorer(foreground, thresholds)
+    table = _class_table(class_names, label_files)
+    foreground = [name for index, name in table.items() if index > 0]
+    region_values = _region_table(regions, table)
+    thresholds = _thresholds(tolerance_mm, len(foreground), len(region_values))
+    score = _Scorer(foreground, thresholds, region_values)
     rows = [
         _case_row(name, label_file, prediction_files, fov, fov_files, score)
         for name, label_file in tqdm(label_files.items(), desc="evaluate", unit="case", disable=not progress)
     ]
     matched = {case_name(Path(row["prediction"])) for row in rows if row["prediction"]}
     summary = {
-        **summarise(rows, foreground, sorted(set(prediction_files) - matched)),
-        "tolerance_mm": dict(zip(foreground, thresholds, strict=True)),
+        **summarise(rows, foreground, sorted(set(prediction_files) - matched), list(region_values)),
+        "region_values": region_values,
+        "tolerance_mm": dict(zip(foreground + list(region_values), thresholds, strict=True)),
         "fov": None if fov is None else str(fov),
         "files": {"cases": str(targets[0]), "summary_csv": str(targets[1]), "summary_json": str(targets[2])},
     }

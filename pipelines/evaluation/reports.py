@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,20 @@ import numpy as np
 
 from attnunet.atomic import atomic_output
 
-__all__ = ["METRICS", "MISSING_STATUS", "format_value", "statistics", "summarise", "write_reports"]
+__all__ = [
+    "METRICS",
+    "MISSING_STATUS",
+    "REGION_NAME",
+    "format_value",
+    "statistics",
+    "summarise",
+    "write_reports",
+]
 
 METRICS = ("dice", "hd95", "nsd")
 MISSING_STATUS = "missing prediction"  # the status of a case without a prediction
+# A region's name: a column suffix (``dice_<name>``) and a bundle config key: no ``#``, ``$``, ``@``, ``%``.
+REGION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def statistics(values: list[float]) -> dict[str, float | int | None]:
@@ -39,14 +50,22 @@ def format_value(value: float | None) -> str:
 
 
 def summarise(
-    rows: Sequence[Mapping[str, Any]], foreground: Sequence[str], unmatched: list[str]
+    rows: Sequence[Mapping[str, Any]],
+    foreground: Sequence[str],
+    unmatched: list[str],
+    regions: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Case counts, problems, and the statistics per class and over classes, from the case rows."""
+    """Case counts, problems, and the statistics per class, per region and over classes, from the case
+    rows; the mean over classes leaves the regions out (they overlap the classes)."""
     ok = [row for row in rows if row["status"] == "ok"]
-    classes = {
-        name: {metric: statistics([row[f"{metric}_{name}"] for row in ok]) for metric in METRICS}
-        for name in foreground
-    }
+
+    def per_name(names: Sequence[str]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+        return {
+            name: {metric: statistics([row[f"{metric}_{name}"] for row in ok]) for metric in METRICS}
+            for name in names
+        }
+
+    classes = per_name(foreground)
     # The mean over classes of the per-class means (classes without a finite value left out).
     means = {
         metric: statistics([s[metric]["mean"] for s in classes.values() if s[metric]["n"]])
@@ -61,6 +80,7 @@ def summarise(
         },
         "unmatched_predictions": unmatched,
         "classes": classes,
+        "regions": per_name(regions),
         "mean": {metric: stats["mean"] for metric, stats in means.items()},
         "mean_classes": {metric: stats["n"] for metric, stats in means.items()},
     }
@@ -69,11 +89,13 @@ def summarise(
 def write_reports(
     targets: Sequence[Path], rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], with_fov: bool
 ) -> None:
-    """Write ``metrics.csv``, ``summary.csv`` and ``summary.json`` (each atomically)."""
+    """Write ``metrics.csv``, ``summary.csv`` and ``summary.json`` (each atomically); regions follow the
+    classes, under their own names, in the columns of ``metrics.csv`` and the rows of ``summary.csv``."""
+    scored = {**summary["classes"], **summary.get("regions", {})}
     columns = (
         ["case", "status", "prediction", "label"]
         + (["fov"] if with_fov else [])
-        + [f"{metric}_{name}" for name in summary["classes"] for metric in METRICS]
+        + [f"{metric}_{name}" for name in scored for metric in METRICS]
     )
     with atomic_output(targets[0]) as tmp, open(tmp, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, restval="")
@@ -82,11 +104,11 @@ def write_reports(
             {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()}
             for row in rows
         )
-    # n: the cases a class's statistics cover; classes: the classes a mean row averaged.
+    # n: the cases a class's (or region's) statistics cover; classes: the classes a mean row averaged.
     with atomic_output(targets[1]) as tmp, open(tmp, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["class", "metric", "mean", "std", "n", "classes"])
-        for name, metrics in summary["classes"].items():
+        for name, metrics in scored.items():
             for metric, st in metrics.items():
                 writer.writerow(
                     [name, metric, format_value(st["mean"]), format_value(st["std"]), st["n"], ""]

@@ -21,8 +21,8 @@ from attnunet.transforms.headers import ImageHeader, binary_mask, loader_for, re
 
 __all__ = [
     "FOREGROUND_SAMPLE_PER_CASE",
-    "MR_WORDS",
     "VoxelStatistics",
+    "channel_names",
     "class_frequencies",
     "declared_preset",
     "read_headers",
@@ -30,24 +30,24 @@ __all__ = [
 ]
 
 FOREGROUND_SAMPLE_PER_CASE = 10_000
-MR_WORDS = ("MR", "MRI", "T1", "T2", "FLAIR", "ADC", "DWI", "PD")
+
+
+def channel_names(index: DatasetIndex) -> list[str]:
+    """The channel names the dataset declares (``dataset.json``), in channel order; empty when undeclared."""
+    return [c.strip() for c in index.modality.split("+") if c.strip()] if index.modality != "image2d" else []
 
 
 def declared_preset(index: DatasetIndex) -> str | None:
-    """The preset the dataset's own description implies (``"ct"``, ``"mr"``, ``"image2d"``, or the
-    declared name when it is none of them), or None when it says nothing."""
+    """The preset the dataset's own description implies, by nnU-Net's rule: ``"ct"`` when every channel
+    is named CT, ``"mr"`` (per-case z-score; CT channels among them windowed, see
+    :func:`~attnunet.pipelines.planning.rules.normalisation`) when any is named otherwise (MR, T1c,
+    bSSFP, LGE, ADC, PET ...), ``"image2d"`` for 2D pictures, None when it says nothing."""
     if index.modality == "image2d":
         return "image2d"
-    channels = [c.strip().upper() for c in index.modality.split("+") if c.strip()]
-    if not channels:
+    names = channel_names(index)
+    if not names:
         return None
-    kinds = {"ct" if c == "CT" else "mr" if any(w in c for w in MR_WORDS) else c for c in channels}
-    if len(kinds) > 1:
-        raise DataValidationError(
-            f"{index.root}: dataset.json declares channels of different modalities ({index.modality}); "
-            "one preset normalises every channel the same way, so plan CT and MR channels separately"
-        )
-    return kinds.pop()
+    return "ct" if all(name.upper() == "CT" for name in names) else "mr"
 
 
 def read_headers(index: DatasetIndex) -> list[ImageHeader]:
@@ -91,12 +91,14 @@ class VoxelStatistics:
     """What the sampled cases' voxels say.
 
     Attributes:
-        intensities: foreground intensities, a bounded random sample per case.
+        intensities: ``(channels, samples)``: each channel's foreground intensities, a bounded random
+            sample of the same voxels per case.
         counts: voxels per class.
         cases: cases read.
         darkest: the darkest case's 0.5th intensity percentile over the whole image (air, for a CT).
-        class_offsets: ``(cases, pairs, 3)`` world (RAS, mm) offsets from the centroid of foreground class
-            ``i`` to that of class ``j``, for each pair ``i < j``; NaN where a case lacks either class.
+        class_offsets: ``(cases, pairs, 3)`` world (RAS, mm; or along the voxel axes) offsets from the
+            centroid of foreground class ``i`` to that of class ``j``, for each pair ``i < j``; NaN where
+            a case lacks either class.
             ``(0, 0, 3)`` for 2D images and for fewer than two foreground classes.
     """
 
@@ -107,8 +109,11 @@ class VoxelStatistics:
     class_offsets: np.ndarray
 
 
-def voxel_statistics(index: DatasetIndex, sample_cases: int, num_classes: int, seed: int) -> VoxelStatistics:
-    """The :class:`VoxelStatistics` of at most ``sample_cases`` cases spread evenly over the dataset."""
+def voxel_statistics(
+    index: DatasetIndex, sample_cases: int, num_classes: int, seed: int, *, world: bool = True
+) -> VoxelStatistics:
+    """The :class:`VoxelStatistics` of at most ``sample_cases`` cases spread evenly over the dataset;
+    ``world=False`` gives the class offsets along the stored voxel axes (in mm) instead of RAS."""
     positions = np.unique(np.linspace(0, len(index.items) - 1, min(sample_cases, len(index.items))).round())
     rng = np.random.default_rng(seed)
     counts = np.zeros(num_classes, dtype=np.int64)
@@ -121,15 +126,17 @@ def voxel_statistics(index: DatasetIndex, sample_cases: int, num_classes: int, s
         case_counts = np.bincount(label.astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
         counts += case_counts
         if label.ndim == 3 and num_classes > 2:
+            if not world:
+                affine = np.diag([*np.linalg.norm(affine[:3, :3], axis=0), 1.0])
             offsets.append(_class_offsets(label, affine, case_counts[1:] > 0))
         mask = label > 0
-        if image.ndim > mask.ndim:  # channels last (2D RGB): one intensity per channel and voxel
-            picked = image[mask].ravel()
-        else:
-            picked = image[mask] if image.shape == mask.shape else image.ravel()
+        picked = image[:, mask] if image.shape[1:] == mask.shape else image.reshape(len(image), -1)
         if picked.size:
-            foreground.append(rng.choice(picked, min(picked.size, FOREGROUND_SAMPLE_PER_CASE), replace=False))
-    intensities = np.concatenate(foreground) if foreground else np.zeros(1, dtype=np.float32)
+            chosen = rng.choice(
+                picked.shape[1], min(picked.shape[1], FOREGROUND_SAMPLE_PER_CASE), replace=False
+            )
+            foreground.append(picked[:, chosen])
+    intensities = np.concatenate(foreground, axis=1) if foreground else np.zeros((1, 1), dtype=np.float32)
     class_offsets = np.stack(offsets) if offsets else np.zeros((0, 0, 3))
     return VoxelStatistics(intensities, counts, len(positions), darkest, class_offsets)
 
@@ -148,9 +155,12 @@ def _class_offsets(label: np.ndarray, affine: np.ndarray, present: np.ndarray) -
 def _read_case(
     item: Mapping[str, str], modality: str, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A case's image, label and the label's RAS affine; label values outside the classes are an error."""
+    """A case's image (channels first), label and the label's RAS affine; label values outside the classes
+    are an error."""
     try:
-        image = np.asarray(loader_for(item["image"])(item["image"]), dtype=np.float32)
+        image = np.asarray(
+            loader_for(item["image"], ensure_channel_first=True)(item["image"]), dtype=np.float32
+        )
         loaded = loader_for(item["label"], mask=True)(item["label"])
         label, affine = np.asarray(loaded), np.asarray(loaded.affine, dtype=np.float64)
     except Exception as error:  # MONAI wraps the reader's error; report the file and the cause

@@ -30,8 +30,12 @@ from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.pipelines.planning.fingerprint import (
     FOREGROUND_SAMPLE_PER_CASE as FOREGROUND_SAMPLE_PER_CASE,
 )
-from attnunet.pipelines.planning.fingerprint import MR_WORDS as MR_WORDS
-from attnunet.pipelines.planning.fingerprint import class_frequencies, read_headers, voxel_statistics
+from attnunet.pipelines.planning.fingerprint import (
+    channel_names,
+    class_frequencies,
+    read_headers,
+    voxel_statistics,
+)
 from attnunet.pipelines.planning.rules import ANISOTROPY_RATIO as ANISOTROPY_RATIO
 from attnunet.pipelines.planning.rules import DATASET_SHARE_PER_BATCH as DATASET_SHARE_PER_BATCH
 from attnunet.pipelines.planning.rules import FLOATS_PER_VOXEL_AND_FEATURE as FLOATS_PER_VOXEL_AND_FEATURE
@@ -42,12 +46,14 @@ from attnunet.pipelines.planning.rules import (
     cap_2d_patch,
     choose_patch,
     choose_preset,
-    depth_for,
     memory_budget_bytes,
     mirror_axes,
     network_kwargs,
     normalisation,
     patches_per_batch,
+    pool_and_kernel_sizes,
+    reorients,
+    slice_axis,
     sliding_window_batch,
     target_spacing,
 )
@@ -124,13 +130,19 @@ def plan_dataset(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = discover_dataset(data)
     headers = read_headers(index)
-    stats = voxel_statistics(index, int(sample_cases), len(index.labels), seed)
+    reorient = reorients([h.affine for h in headers])
+    stats = voxel_statistics(index, int(sample_cases), len(index.labels), seed, world=reorient)
     preset, preset_source = choose_preset(index, stats.darkest, overrides)
-    geometry, resampled = _geometry(headers, overrides)
-    training, memory = _training(geometry["median_shape"], resampled, overrides, device, memory_budget_gb)
-    scheme, preset_kwargs = normalisation(preset, stats.intensities)
+    geometry, resampled = _geometry([h.oriented() if reorient else h for h in headers], overrides)
+    spacing = geometry["pixdim"] or [1.0] * resampled.shape[1]  # 2D pictures: square pixels
+    training, memory = _training(
+        geometry["median_shape"], spacing, resampled, overrides, device, memory_budget_gb
+    )
+    scheme, preset_kwargs = normalisation(preset, stats.intensities, channel_names(index))
     if geometry["pixdim"] and (axes := mirror_axes(stats.class_offsets, geometry["pixdim"])) != [0, 1, 2]:
         preset_kwargs["flip_axes"] = axes
+    if geometry["pixdim"] and not reorient:
+        preset_kwargs["reorient"] = False
     return {
         "format": PLAN_FORMAT,
         "dataset": str(index.root),
@@ -156,7 +168,8 @@ def plan_dataset(
 def _geometry(
     headers: Sequence[ImageHeader], overrides: Mapping[str, Any]
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The plan's spacing and shape fields, and every case's shape after resampling (one row per case)."""
+    """The plan's spacing and shape fields, and every case's shape after resampling (one row per case),
+    in the axis order the presets resample in (RAS, or the stored one where they do not reorient)."""
     spacings = np.array([h.spacing for h in headers])
     shapes = np.array([h.spatial_shape for h in headers], dtype=float)
     median_spacing = [round(float(s), 4) for s in np.median(spacings, axis=0)]
@@ -177,6 +190,7 @@ def _geometry(
 
 def _training(
     median_shape: Sequence[int],
+    spacing: Sequence[float],
     resampled: np.ndarray,
     overrides: Mapping[str, Any],
     device: str,
@@ -187,21 +201,30 @@ def _training(
     init_features = int(overrides.get("init_features", 32 if device.startswith("cuda") else 16))
     budget = memory_budget_bytes(memory_budget_gb, device)
     roi_size = overrides.get("roi_size")
+    sliced = slice_axis(median_shape, spacing)
     crops = None
     if roi_size is None:
-        roi_size = choose_patch(median_shape, overrides.get("depth"), init_features, spatial_dims, budget)
-        roi_size, crops = cap_2d_patch(roi_size, spatial_dims, device)
+        shape = [1 if axis == sliced else s for axis, s in enumerate(median_shape)]
+        roi_size, _, _ = choose_patch(shape, spacing, overrides.get("depth"), init_features, budget)
+        # a 2D configuration's patches are 2D: on a CPU they are capped as 2D images' are
+        roi_size, crops = cap_2d_patch(roi_size, 2 if sliced is not None else spatial_dims, device)
     roi_size = [int(r) for r in roi_size]
-    depth = int(overrides.get("depth") or depth_for(roi_size))
-    per_sample = math.prod(roi_size) * bytes_per_voxel(init_features, spatial_dims, depth)
+    sliced = sliced if sliced is not None and roi_size[sliced] == 1 else None
+    pools, kernels = pool_and_kernel_sizes(roi_size, spacing, overrides.get("depth"))
+    if sliced is not None:  # one slice: nothing to convolve across it
+        kernels = [[1 if axis == sliced else k for axis, k in enumerate(level)] for level in kernels]
+    per_sample = math.prod(roi_size) * bytes_per_voxel(init_features, pools)
     patches = patches_per_batch(roi_size, per_sample, float(np.sum(np.prod(resampled, axis=1))), budget)
     num_samples = int(overrides.get("num_samples", crops or 2))
-    batch_size = int(overrides.get("batch_size", max(1, patches // num_samples)))
+    # on a CPU the step time limits training: one image's crops per step, as measured on DRIVE
+    batch_size = int(overrides.get("batch_size", 1 if crops else max(1, patches // num_samples)))
     fields = {
+        "configuration": "3d" if spatial_dims == 3 and sliced is None else "2d",
+        "slice_axis": sliced,
         "roi_size": roi_size,
-        "depth": depth,
+        "depth": len(pools),
         "init_features": init_features,
-        "network_kwargs": network_kwargs(depth, init_features, device),
+        "network_kwargs": network_kwargs(pools, kernels, init_features, device),
         "batch_size": batch_size,
         "num_samples": num_samples,
         "sw_batch_size": int(overrides.get("sw_batch_size", sliding_window_batch(per_sample, budget))),
@@ -262,6 +285,12 @@ def load_plan(path: str | os.PathLike) -> dict[str, Any]:
     return plan
 
 
+def _configuration(plan: Mapping[str, Any]) -> str:
+    if plan.get("slice_axis") is not None:
+        return f"2D slices of the 3D volumes, along axis {plan['slice_axis']}, predicted slice by slice"
+    return "2D" if plan["spatial_dims"] == 2 else "3D"
+
+
 def format_plan(plan: Mapping[str, Any]) -> str:
     """The plan as a two-column text table."""
     rows = [
@@ -273,11 +302,15 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         ("median spacing", plan["median_spacing"]),
         ("target spacing", plan["pixdim"] if plan["pixdim"] is not None else "keep each image's"),
         ("median shape", plan["median_shape"]),
+        ("configuration", _configuration(plan)),
         ("patch", plan["roi_size"]),
         ("network", f"depth {plan['depth']}, {plan['init_features']} features"),
+        ("pooling per level", plan["network_kwargs"].get("pool_sizes", f"2 on every axis x {plan['depth']}")),
+        ("kernels per level", plan["network_kwargs"].get("kernel_sizes", "3 on every axis")),
         ("batch", f"{plan['batch_size']} images x {plan['num_samples']} patches"),
         ("sliding window", f"{plan['sw_batch_size']} windows, overlap {plan['overlap']}"),
         ("normalisation", plan["normalisation"]["scheme"]),
+        *((f"  channel {i}", text) for i, text in enumerate(plan["normalisation"].get("channels", []))),
         ("preset options", plan["preset_kwargs"] or "-"),
         (
             "memory",

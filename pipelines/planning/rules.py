@@ -1,16 +1,24 @@
 """The rules that turn a dataset fingerprint into training settings.
 
-nnU-Net's rules (Isensee et al. 2021), adapted to a network that pools every axis together:
+nnU-Net's rules (Isensee et al. 2021):
 
-- target spacing: the median spacing per axis; when the coarsest axis is more than 3x the finest
-  (anisotropic data), that axis takes the 10th percentile of its spacings instead;
-- patch: the median shape after resampling, each axis rounded up to a multiple of ``2**depth``, where
-  ``depth`` pools while the smallest axis keeps at least 4 voxels (at most 5 levels); the largest
-  axis is shrunk while one training sample would not fit the memory budget; on a CPU a 2D patch is at
-  most ``CPU_2D_PATCH`` per axis, ``CPU_2D_CROPS`` of them drawn per image (see :func:`cap_2d_patch`);
+- target spacing: the median spacing per axis (in RAS order, as the presets reorient); when the
+  coarsest axis is more than 3x the finest (anisotropic data), that axis takes the 10th percentile of
+  its spacings instead;
+- pooling, per level and per axis (:func:`pool_and_kernel_sizes`): an axis is pooled while its spacing
+  is within 2x of the finest and it keeps at least 4 voxels (at most 5 levels); its kernel is 3 once
+  its spacing is within 2x of the finest, 1 before (thick slices are convolved in-plane only until the
+  in-plane spacing has caught up);
+- configuration: 3D, or, for a few thick slices (the coarsest axis more than 3x the finest and too
+  few voxels along it to pool once), a 2D configuration of the 3D set (:func:`slice_axis`): patches of
+  one slice, kernels of 1 along it, predicted slice by slice by the same sliding window;
+- patch: the median shape after resampling, each axis rounded up to a multiple of its pooling; the
+  largest axis is shrunk while one training sample would not fit the memory budget; on a CPU a 2D patch
+  is at most ``CPU_2D_PATCH`` per axis, ``CPU_2D_CROPS`` of them drawn per image (see :func:`cap_2d_patch`);
 - mirroring: every RAS axis except one along which two classes keep their order (:func:`mirror_axes`);
 - batch: as many patches as the memory budget holds, at least 2, at most the number covering 5% of
-  the dataset's voxels (nnU-Net's cap);
+  the dataset's voxels (nnU-Net's cap); on a CPU, one image's ``CPU_2D_CROPS`` crops for a capped 2D
+  patch;
 - normalisation: CT clips to the 0.5 / 99.5 percentiles of the foreground intensities (the CT preset's
   window, scaled to [0, 1]); MR is z-scored per case, 2D images scaled to [0, 1] per channel.
 """
@@ -21,11 +29,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from attnunet.pipelines.data.datasets import DatasetIndex
-from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.pipelines.planning.fingerprint import declared_preset
 
 __all__ = [
@@ -41,8 +49,11 @@ __all__ = [
     "cap_2d_patch",
     "choose_patch",
     "choose_preset",
-    "depth_for",
+    "pool_and_kernel_sizes",
+    "slice_axis",
+    "reorients",
     "memory_budget_bytes",
+    "pooling_multiples",
     "mirror_axes",
     "network_kwargs",
     "normalisation",
@@ -71,19 +82,27 @@ _AIR_HU = -500  # air is -1000 HU: a dataset whose images hold voxels below this
 def choose_preset(index: DatasetIndex, darkest: float, overrides: Mapping[str, Any]) -> tuple[str, str]:
     """The preset and where it came from: ``"override"``, ``"dataset"`` (declared) or ``"intensities"``.
 
+    Declared channels follow nnU-Net's rule
+    (:func:`~attnunet.pipelines.planning.fingerprint.declared_preset`).
     Undeclared, a dataset is CT when the darkest case's 0.5th intensity percentile over the whole image
     (``darkest``) is air in Hounsfield units: the foreground alone would call a liver CT MR."""
     declared = declared_preset(index)
-    if declared not in (None, "ct", "mr", "image2d") and "preset" not in overrides:
-        raise DataValidationError(
-            f"{index.root}: modality {index.modality!r} is neither CT nor MR; pass --set preset=ct or "
-            "--set preset=mr to say how its intensities should be normalised"
-        )
     if "preset" in overrides:
         return overrides["preset"], "override"
     if declared:
         return declared, "dataset"
     return ("ct" if darkest < _AIR_HU else "mr"), "intensities"
+
+
+def reorients(affines: Sequence[np.ndarray]) -> bool:
+    """Whether training reorients to RAS: when every case's voxel axes are closest to the same RAS axes.
+
+    Oblique scans whose slice axis is closest to the left-right axis in one case and to the
+    anterior-posterior one in the next (short-axis cardiac MR) would, reoriented, have their thick slices
+    along different axes from case to case; they keep their stored axes instead, as nnU-Net always does.
+    """
+    axes = {tuple(nib.orientations.io_orientation(a)[:, 0].astype(int)) for a in affines if len(a) == 4}
+    return len(axes) <= 1
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:
@@ -96,18 +115,85 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
     return [round(float(s), 4) for s in target]
 
 
-def depth_for(shape: Sequence[float]) -> int:
-    """Poolings that keep at least ``MIN_BOTTOM_VOXELS`` on the smallest axis (1..``MAX_DEPTH``)."""
-    return int(max(1, min(MAX_DEPTH, math.floor(math.log2(min(shape) / MIN_BOTTOM_VOXELS)))))
+def slice_axis(median_shape: Sequence[float], spacing: Sequence[float]) -> int | None:
+    """The axis a 2D configuration of a 3D set slices along, or None for a 3D configuration.
+
+    nnU-Net trains a 2D configuration beside its 3D one and keeps the better; here the rule picks it
+    where a 3D context is not worth its cost: the coarsest axis is more than ``ANISOTROPY_RATIO`` times
+    the finest and has too few voxels (after resampling) to be pooled even once (fewer than
+    ``2 * MIN_BOTTOM_VOXELS``). MyoPS cardiac MR (2-6 slices of 12-23 mm at 0.73 mm in-plane) is sliced;
+    CHAOS abdominal MR (40 slices of 7.7 mm at 1.25 mm) is not.
+
+    Example:
+        >>> slice_axis([482, 479, 6], [0.73, 0.73, 12.0]), slice_axis([256, 256, 40], [1.25, 1.25, 7.7])
+        (2, None)
+    """
+    if len(spacing) != 3:
+        return None
+    coarsest = int(np.argmax(spacing))
+    anisotropic = spacing[coarsest] > ANISOTROPY_RATIO * min(spacing)
+    return coarsest if anisotropic and median_shape[coarsest] < 2 * MIN_BOTTOM_VOXELS else None
 
 
-def _round_up(shape: Sequence[float], multiple: int) -> list[int]:
-    return [int(math.ceil(s / multiple) * multiple) for s in shape]
+def pool_and_kernel_sizes(
+    shape: Sequence[float], spacing: Sequence[float], max_depth: int | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net's ``pool_op_kernel_sizes`` and ``conv_kernel_sizes`` for a patch of ``shape`` voxels of
+    ``spacing`` (mm; 2D images: 1 per axis).
+
+    Each level pools by 2 the axes whose spacing is within 2x of the finest and that keep at least
+    ``MIN_BOTTOM_VOXELS`` voxels, until none can or ``max_depth`` (at most ``MAX_DEPTH``) levels; a
+    level's kernel is 3 along the axes within 2x of its finest spacing, 1 along the others. At least one
+    level is planned (the largest axis is pooled when no rule allows any).
+
+    Returns:
+        ``(pool_sizes, kernel_sizes)``: ``depth`` and ``depth + 1`` lists (the stem's kernel first), each
+        one int per axis, as :class:`attnunet.AttentionUNet` takes them.
+
+    Example:
+        >>> pool_and_kernel_sizes([256, 256, 8], [1.25, 1.25, 7.7], max_depth=3)
+        ([[2, 2, 1], [2, 2, 1], [2, 2, 2]], [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]])
+    """
+    shape, spacing = [float(s) for s in shape], [float(s) for s in spacing]
+    levels = min(MAX_DEPTH, max_depth or MAX_DEPTH)
+
+    def kernel() -> list[int]:
+        return [3 if s <= 2 * min(spacing) else 1 for s in spacing]
+
+    pools: list[list[int]] = []
+    kernels = [kernel()]
+    while len(pools) < levels:
+        pool = [
+            2 if sp <= 2 * min(spacing) and sh >= 2 * MIN_BOTTOM_VOXELS else 1
+            for sp, sh in zip(spacing, shape, strict=True)
+        ]
+        if pools and 2 not in pool:
+            break
+        if 2 not in pool:  # a patch too small for any rule still gets one level, on its largest axis
+            pool[int(np.argmax(shape))] = 2
+        pools.append(pool)
+        shape = [sh / p for sh, p in zip(shape, pool, strict=True)]
+        spacing = [sp * p for sp, p in zip(spacing, pool, strict=True)]
+        kernels.append(kernel())
+    return pools, kernels
 
 
-def bytes_per_voxel(init_features: int, spatial_dims: int, depth: int) -> float:
-    """Estimated training-step memory per patch voxel (float32, all levels)."""
-    levels = sum(2.0**level / 2.0 ** (spatial_dims * level) for level in range(depth + 1))
+def _round_up(shape: Sequence[float], multiples: Sequence[int]) -> list[int]:
+    return [int(math.ceil(s / m) * m) for s, m in zip(shape, multiples, strict=True)]
+
+
+def pooling_multiples(pool_sizes: Sequence[Sequence[int]]) -> list[int]:
+    """Per axis, the product of its pooling factors: a patch size must be a multiple of it."""
+    return [math.prod(level[axis] for level in pool_sizes) for axis in range(len(pool_sizes[0]))]
+
+
+def bytes_per_voxel(init_features: int, pool_sizes: Sequence[Sequence[int]]) -> float:
+    """Estimated training-step memory per patch voxel (float32, all levels): level ``l`` has ``2**l``
+    times the features on ``1 / prod(pooling)`` of the voxels."""
+    levels, voxels = 1.0, 1.0
+    for level, pool in enumerate(pool_sizes, start=1):
+        voxels /= math.prod(pool)
+        levels += 2.0**level * voxels
     return 4.0 * FLOATS_PER_VOXEL_AND_FEATURE * init_features * levels
 
 
@@ -123,18 +209,23 @@ def memory_budget_bytes(memory_budget_gb: float | None, device: str) -> int:
 
 
 def choose_patch(
-    median_shape: Sequence[int], depth: int | None, init_features: int, spatial_dims: int, budget: float
-) -> list[int]:
-    """The median shape rounded up to ``2**depth``, its largest axis shrunk until two samples fit."""
+    median_shape: Sequence[int],
+    spacing: Sequence[float],
+    depth: int | None,
+    init_features: int,
+    budget: float,
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """``(patch, pool_sizes, kernel_sizes)``: the median shape rounded up to each axis' pooling, its
+    largest axis shrunk until two samples fit ``budget``."""
     patch = [float(s) for s in median_shape]
     while True:
-        levels = depth or depth_for(patch)
-        candidate = _round_up(patch, 2**levels)
-        if 2 * math.prod(candidate) * bytes_per_voxel(init_features, spatial_dims, levels) <= budget:
-            return candidate
+        pools, kernels = pool_and_kernel_sizes(patch, spacing, depth)
+        candidate = _round_up(patch, pooling_multiples(pools))
+        if 2 * math.prod(candidate) * bytes_per_voxel(init_features, pools) <= budget:
+            return candidate, pools, kernels
         largest = int(np.argmax(patch))
-        if patch[largest] <= 2 ** (levels + 1):
-            return candidate
+        if patch[largest] <= 2 * MIN_BOTTOM_VOXELS * 2:
+            return candidate, pools, kernels
         patch[largest] *= 0.9
 
 
@@ -166,13 +257,25 @@ def sliding_window_batch(per_sample: float, budget: float) -> int:
     return max(1, min(8, int(3 * budget // per_sample)))
 
 
-def network_kwargs(depth: int, init_features: int, device: str) -> dict[str, Any]:
-    """Depth and width, deep supervision, and on a CPU no non-local attention at 1/2 resolution:
+def network_kwargs(
+    pool_sizes: Sequence[Sequence[int]],
+    kernel_sizes: Sequence[Sequence[int]],
+    init_features: int,
+    device: str,
+) -> dict[str, Any]:
+    """Depth and width, per-axis pooling and kernels where they are not 2 and 3 everywhere, deep
+    supervision, and on a CPU no non-local attention at 1/2 resolution:
     there it costs more than the rest of the network (benchmarks/README.md); the coarser levels keep
     it. Deep supervision: on real MR (MSD Hippocampus) the second foreground class is learnt late,
     and supervising the coarse decoder stages directly learns both in about half the steps
     (benchmarks/README.md, issue 10)."""
+    depth = len(pool_sizes)
     kwargs: dict[str, Any] = {"depth": depth, "init_features": init_features, "deep_supervision": depth > 1}
+    if any(p != 2 for level in pool_sizes for p in level) or any(
+        k != 3 for level in kernel_sizes for k in level
+    ):
+        kwargs["pool_sizes"] = [list(level) for level in pool_sizes]
+        kwargs["kernel_sizes"] = [list(level) for level in kernel_sizes]
     if not device.startswith("cuda") and depth > 1:
         kwargs["attention_levels"] = list(range(2, depth + 1))
     return kwargs
@@ -204,18 +307,52 @@ def mirror_axes(class_offsets: np.ndarray, spacing: Sequence[float]) -> list[int
     return [axis for axis in range(3) if axis not in ordered]
 
 
-def normalisation(preset: str, intensities: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
-    """How ``preset`` normalises intensities (for the plan), and the preset options that do it."""
+def _ct_window(intensities: np.ndarray) -> tuple[float, float, dict[str, float]]:
+    """nnU-Net's CT window from one channel's foreground intensities: its 0.5 / 99.5 percentiles."""
+    low, high = (round(float(v), 2) for v in np.percentile(intensities, [0.5, 99.5]))
+    figures = {
+        "percentile_00_5": low,
+        "percentile_99_5": high,
+        "mean": round(float(intensities.mean()), 2),
+        "std": round(float(intensities.std()), 2),
+    }
+    return low, high, figures
+
+
+def normalisation(
+    preset: str, intensities: np.ndarray, names: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How ``preset`` normalises each channel (for the plan), and the preset options that do it.
+
+    Args:
+        preset: ``"ct"``, ``"mr"`` or ``"image2d"``.
+        intensities: ``(channels, samples)`` foreground intensities
+            (:attr:`~attnunet.pipelines.planning.fingerprint.VoxelStatistics.intensities`).
+        names: the declared channel names; with the MR preset a channel named CT is windowed
+            (``channel_windows``), every other one z-scored, as nnU-Net does.
+    """
+    names = list(names) or [""] * len(intensities)
     if preset == "ct":
-        low, high = (float(v) for v in np.percentile(intensities, [0.5, 99.5]))
+        low, high, figures = _ct_window(intensities.ravel())
         scheme = {
             "scheme": "CT window: clip to the foreground's 0.5 / 99.5 percentiles, scale to [0, 1]",
-            "percentile_00_5": round(low, 2),
-            "percentile_99_5": round(high, 2),
-            "mean": round(float(intensities.mean()), 2),
-            "std": round(float(intensities.std()), 2),
+            **figures,
         }
-        return scheme, {"a_min": round(low, 2), "a_max": round(high, 2)}
+        return scheme, {"a_min": low, "a_max": high}
     if preset == "image2d":
         return {"scheme": "each image scaled to [0, 1] per channel (min / max)"}, {}
-    return {"scheme": "z-score per case (and channel) over its nonzero voxels"}, {}
+    windows, channels = {}, []
+    for channel, name in enumerate(names):
+        label = f"{name or f'channel {channel}'}: "
+        if name.upper() == "CT" and channel < len(intensities):
+            low, high, _ = _ct_window(intensities[channel])
+            windows[str(channel)] = [low, high]
+            channels.append(label + f"CT window [{low}, {high}] scaled to [0, 1]")
+        else:
+            channels.append(label + "z-score per case over its nonzero voxels")
+    scheme: dict[str, Any] = {"scheme": "z-score per case (and channel) over its nonzero voxels"}
+    if windows:
+        scheme["scheme"] = "per channel: CT channels windowed, the others z-scored per case"
+    if len(channels) > 1 or windows:
+        scheme["channels"] = channels
+    return scheme, ({"channel_windows": windows} if windows else {})

@@ -1,7 +1,7 @@
 """What a finished training run leaves in MLflow: an overlay of a validation case, and the model
 (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`: the best checkpoint as the run's
 ``checkpoints/best.pt``, which :func:`attnunet.load_model` rebuilds a registered model from, and the
-logged, optionally registered model whose pyfunc gives label maps and whose pytorch flavor is the network).
+logged, optionally registered model whose pyfunc segments scans and whose pytorch flavor is the network).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 from attnunet.checkpoints import model_from_checkpoint
 from attnunet.pipelines.engines.config import TrainConfig, TrainResult
 from attnunet.pipelines.evaluation.overlays import save_overlay
+from attnunet.pipelines.inference.apply import Windows, to_labels, window_probabilities
 from attnunet.pipelines.tracking.mlflow_runs import RunTracker
-from attnunet.pipelines.tracking.serving import label_maps
 
 __all__ = ["finish_run"]
 
@@ -22,9 +22,10 @@ def finish_run(result: TrainResult, tracker: RunTracker, sample: dict[str, Any],
     ``config.register`` with ``config.alias``); set ``result.model_uri``; end the run."""
     model, spec = model_from_checkpoint(result.best_checkpoint)
     overlay = result.output / "overlays" / "validation.png"
-    # The registered model's own label map (its pyfunc computes the same), so the overlay shows what
-    # a user of models:/NAME@ALIAS gets.
-    prediction = label_maps(model, spec, sample["image"].unsqueeze(0).as_tensor())[0]
+    # The registered model's own windows and flips on the preprocessed case, so the overlay shows what a
+    # user of models:/NAME@ALIAS gets (on the validation grid, where the reference label is).
+    probabilities = window_probabilities(model, spec, sample["image"], Windows.for_model(spec))
+    prediction = to_labels(probabilities.cpu(), spec)[0]
     save_overlay(
         overlay,
         sample["image"][0],

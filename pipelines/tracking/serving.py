@@ -1,4 +1,4 @@
-"""The MLflow model of a training run: label maps from the pyfunc, the network from the pytorch flavor.
+"""The MLflow model of a training run: scans in, label maps out (pyfunc); the network (pytorch flavor).
 
 :func:`log_segmentation_model` logs one MLflow model from a checkpoint, with two flavors:
 
@@ -6,8 +6,12 @@
   sets :class:`SegmentationModel`. The model keeps the checkpoint (weights and the typed
   :class:`~attnunet.spec.ModelSpec`) as its artifact ``checkpoint`` and reads it with
   :func:`attnunet.load_model` (``torch.load(weights_only=True)``), so loading it unpickles nothing and a
-  newer attnunet upgrades an older checkpoint. ``predict`` takes ``(B, C, *spatial)`` float32 arrays and
-  returns ``(B, *spatial)`` int64 label maps from the model's own sliding windows (:func:`label_maps`).
+  newer attnunet upgrades an older checkpoint. ``predict`` takes a DataFrame of scans (column ``image``:
+  a base64 NIfTI, NRRD or MetaImage file or a zip of one DICOM series; optional ``tta`` and
+  ``largest_component``) and returns, per scan, the label map on the scan's own grid (base64 ``.nii.gz``,
+  or a DICOM SEG for a series), the class names and each class's volume. Each scan goes through
+  :func:`~attnunet.pipelines.inference.apply.apply_model`, exactly as ``attnunet infer`` segments it; a
+  bare voxel array is refused (the model's preset needs the scan's spacing and orientation).
 - ``pytorch``: the network itself, pickled, for users who want the torch module. Unpickling runs code and
   rebuilds attnunet's classes as they were when it was logged, so prefer :func:`attnunet.load_model`
   across attnunet versions. Not MLflow's ``pt2`` export: ``torch.export`` specialises the network's
@@ -18,8 +22,9 @@ The model's metadata holds the spec too (``attnunet_spec``), to read without dow
 Which call gives what, for ``URI = "models:/NAME@ALIAS"`` (or the ``models:/m-...`` URI of an unregistered
 model):
 
-- ``mlflow.pyfunc.load_model(URI).predict(x)`` and ``mlflow models serve -m URI --env-manager local``
-  (``POST /invocations`` with ``{"inputs": x as nested lists}``): label maps.
+- ``mlflow.pyfunc.load_model(URI).predict(pd.DataFrame({"image": [base64_text]}))`` and
+  ``mlflow models serve -m URI --env-manager local`` (``POST /invocations`` with
+  ``{"dataframe_records": [{"image": "<base64>"}]}``): label maps, class names, volumes.
 - ``mlflow.pytorch.load_model(URI)``: the network in eval mode (logits, any batch and spatial size).
 - ``attnunet.load_model(URI)``: ``(network, spec)`` rebuilt from the run's ``checkpoints/best.pt``, which
   :func:`log_segmentation_model` logs too (fine-tuning, ``attnunet infer --model URI``).
@@ -27,8 +32,11 @@ model):
 
 from __future__ import annotations
 
+import base64
 import functools
+import gzip
 import importlib.metadata
+import io
 import os
 import shutil
 import tempfile
@@ -38,111 +46,176 @@ from types import SimpleNamespace
 from typing import Any
 
 import mlflow
+import nibabel as nib
 import numpy as np
-import torch
+import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import Schema, TensorSpec
-from monai.inferers import sliding_window_inference
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array, Object, Property
+from PIL import Image
 from torch import nn
 
 from attnunet.checkpoints import model_from_checkpoint
 from attnunet.models import CHECKPOINT_ARTIFACT, load_model
+from attnunet.pipelines.inference.apply import Windows, apply_model, class_names, volumes_ml, write_nifti
 from attnunet.pipelines.inference.devices import choose_devices
+from attnunet.pipelines.inference.payload import DEFAULT_MAX_SCAN_MB, decode_scan, encode_file
 from attnunet.spec import ModelSpec
+from attnunet.transforms.dicom_seg import write_dicom_seg
 
-__all__ = ["CHECKPOINT_KEY", "MODEL_NAME", "SegmentationModel", "label_maps", "log_segmentation_model"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "IMAGE_COLUMN",
+    "MAX_SCAN_ENV",
+    "MODEL_NAME",
+    "OUTPUT_COLUMNS",
+    "ScanRequestError",
+    "SegmentationModel",
+    "log_segmentation_model",
+]
 
 # The logged model's name in its run, and its artifact holding the checkpoint.
 MODEL_NAME = "model"
 CHECKPOINT_KEY = "checkpoint"
+# The request's column of base64 scans, and the answer's columns.
+IMAGE_COLUMN = "image"
+OUTPUT_COLUMNS = ("label", "classes", "volumes_ml")
+# The environment variable of a server's largest scan, in MB (model_config's max_scan_mb wins).
+MAX_SCAN_ENV = "ATTNUNET_MAX_SCAN_MB"
+_WHAT_TO_SEND = (
+    'a table with an "image" column of base64-encoded scan files (NIfTI, NRRD, MetaImage .mha, or a zip '
+    'of one DICOM series), e.g. {"dataframe_records": [{"image": "<base64>"}]}'
+)
 # MLflow copies this file into the model and runs it on load (it only sets SegmentationModel).
 _CODE_FILE = Path(__file__).with_name("serving_model.py")
 # Folder of the pickled network inside the model, read by mlflow.pytorch.load_model.
 _TORCH_DATA = "torch"
-# Spatial size of the stored input example, which shows the payload format (serving_input_example.json,
-# pretty-printed) and is run once to check serving: any size works, the windows pad it to roi_size.
+# Spatial size of the input example: a real scan file, small enough to store in the model and to run once
+# when the model is logged (MLflow checks that its serving input works).
 _EXAMPLE_SIZE = 8
 
 
-def label_maps(
-    network: nn.Module, spec: ModelSpec, images: torch.Tensor, *, sw_device: str = "auto"
-) -> torch.Tensor:
-    """``(B, *spatial)`` int64 label maps (on the CPU) of ``(B, C, *spatial)`` float images.
+class ScanRequestError(MlflowException):
+    """A bad request: HTTP 400 from ``mlflow models serve`` (``INVALID_PARAMETER_VALUE``), message kept.
 
-    Each image goes through MONAI's ``sliding_window_inference`` with the spec's ``roi_size``,
-    ``overlap`` and ``sw_batch_size`` and Gaussian blending of the class probabilities (as
-    ``attnunet infer`` stitches them), then argmax, or ``>= 0.5`` for a model with one sigmoid output.
-    One image at a time, so a batch costs no more memory than its largest image.
-
-    Args:
-        sw_device: where the windows run: ``"auto"`` (CUDA when available, with AMP), ``"cpu"`` or
-            ``"cuda[:N]"``; the image is stitched where
-            :func:`~attnunet.pipelines.inference.devices.choose_devices` finds room.
-
-    Raises:
-        ValueError: ``images`` is not ``(batch, spec.in_channels, *spatial)``, ``spec.spatial_dims`` sizes;
-            an unknown ``sw_device``, or CUDA asked for without one.
+    MLflow's scoring server rewrites the message of a prediction's ``MlflowException`` to start with the
+    request's DataFrame (several lines, a slice of the base64 text); the caller should get the one line
+    that names the problem, so this exception's message is set once and kept.
     """
-    if images.ndim != spec.spatial_dims + 2 or images.shape[1] != spec.in_channels:
-        expected = ", ".join(["batch", str(spec.in_channels), *"xyz"[: spec.spatial_dims]])
-        raise ValueError(
-            f"model input has shape {tuple(images.shape)}, but this {spec.spatial_dims}D model takes "
-            f"({expected}) arrays ({spec.in_channels} channels first); reshape the array"
-        )
-    plan = choose_devices(
-        images.shape[2:], in_channels=spec.in_channels, out_channels=spec.out_channels, sw_device=sw_device
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()), error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+def _refuse(model_input: object) -> None:
+    """Refuse anything but a DataFrame with an ``image`` column, saying what to send."""
+    if isinstance(model_input, pd.DataFrame) and IMAGE_COLUMN in model_input.columns:
+        return
+    got = (
+        f"a table with the columns {list(model_input.columns)}"
+        if isinstance(model_input, pd.DataFrame)
+        else f"a bare {type(model_input).__name__}"
     )
-    sigmoid = spec.out_channels == 1
-    predictor = _probabilities(network.to(plan.sw_device), sigmoid, amp=plan.sw_device.type == "cuda")
-    labels = torch.empty((images.shape[0], *images.shape[2:]), dtype=torch.int64)
-    with torch.inference_mode():
-        for index, image in enumerate(images):
-            scores = sliding_window_inference(
-                image[None].float().to(plan.device),
-                spec.roi_size,
-                spec.sw_batch_size,
-                predictor,
-                overlap=spec.overlap,
-                mode="gaussian",
-                sw_device=plan.sw_device,
-                device=plan.device,
-            )[0]
-            labels[index] = scores[0] >= 0.5 if sigmoid else scores.argmax(dim=0)
-    return labels
+    older = (
+        " (a model whose signature still takes arrays was logged by an older attnunet: log its checkpoint "
+        "again with log_segmentation_model to serve scans)"
+        if isinstance(model_input, np.ndarray)
+        else ""
+    )
+    raise ScanRequestError(
+        f"this model segments scans, not voxel arrays: send {_WHAT_TO_SEND}; got {got}. Voxels without "
+        f"their spacing and orientation cannot go through the model's preset{older}"
+    )
 
 
-def _probabilities(network: nn.Module, sigmoid: bool, amp: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Class probabilities of a batch of windows: blending probabilities, not logits, keeps one
-    window's overconfident logits from outweighing its neighbours' at the seams."""
-
-    def predict(windows: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(windows.device.type, enabled=amp):
-            logits = network(windows)
-        logits = logits.float()
-        return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)
-
-    return predict
+def _option(row: pd.Series, name: str, default: bool, where: str) -> bool:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return default
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ScanRequestError(f"{where}: column {name!r} must be true or false, got {value!r}")
 
 
 class SegmentationModel(PythonModel):
-    """The pyfunc of an attnunet model: checkpoint in, label maps out (see :func:`label_maps`).
+    """The pyfunc of an attnunet model: scans in, label maps on each scan's grid out.
 
     MLflow builds it from ``serving_model.py`` and calls :meth:`load_context` with the model's
-    ``checkpoint`` artifact before any :meth:`predict`. ``model_config={"sw_device": "cpu"}`` (or
-    ``"cuda:1"``) in ``mlflow.pyfunc.load_model`` picks where the windows run; default ``"auto"``.
+    ``checkpoint`` artifact before any :meth:`predict`. ``model_config`` in ``mlflow.pyfunc.load_model``
+    may set ``sw_device`` (where the windows run: ``"auto"``, ``"cpu"``, ``"cuda:1"``), ``device`` (where
+    the volume is stitched) and ``max_scan_mb`` (default: the ``ATTNUNET_MAX_SCAN_MB`` environment
+    variable, else 1024).
     """
 
     def load_context(self, context: PythonModelContext) -> None:
         """Rebuild network and spec from the checkpoint (``weights_only=True``; older formats upgrade)."""
         self.network, self.spec = load_model(context.artifacts[CHECKPOINT_KEY])
-        self.sw_device = str((context.model_config or {}).get("sw_device", "auto"))
+        config = context.model_config or {}
+        self.sw_device = str(config.get("sw_device", "auto"))
+        self.device = str(config.get("device", "auto"))
+        # A device this machine lacks stops the model from loading, not every request.
+        spec = self.spec
+        choose_devices((1,) * spec.spatial_dims, in_channels=spec.in_channels, out_channels=spec.out_channels,
+                       sw_device=self.sw_device, device=self.device)  # fmt: skip
+        max_mb = config.get("max_scan_mb") or os.environ.get(MAX_SCAN_ENV) or DEFAULT_MAX_SCAN_MB
+        self.max_bytes = int(float(max_mb) * 2**20)
 
-    def predict(self, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Label maps ``(B, *spatial)`` (int64) of ``model_input``, a ``(B, C, *spatial)`` float array."""
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        return label_maps(self.network, self.spec, images, sw_device=self.sw_device).numpy()
+    # ``model_input`` has no type hint: MLflow would read one as the model's signature.
+    def predict(self, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per scan: ``label`` (base64 ``.nii.gz``, or a DICOM SEG for a DICOM series),
+        ``classes`` (names in index order) and ``volumes_ml`` (class name -> millilitres).
+
+        Raises:
+            ScanRequestError: the input is not a table of scans, or a scan cannot be segmented (the
+                message names the row and the problem).
+        """
+        _refuse(model_input)
+        rows = [self._segment(row, number) for number, (_, row) in enumerate(model_input.iterrows())]
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+    def _segment(self, row: pd.Series, number: int) -> dict[str, Any]:
+        where = f"row {number}"
+        windows = Windows.for_model(
+            self.spec,
+            tta=_option(row, "tta", True, where),
+            largest_component=_option(row, "largest_component", False, where),
+            sw_device=self.sw_device,
+            device=self.device,
+        )
+        with tempfile.TemporaryDirectory(prefix="attnunet-request-") as folder:
+            try:
+                scan = decode_scan(row[IMAGE_COLUMN], Path(folder), max_bytes=self.max_bytes)
+                result = apply_model(
+                    self.network, self.spec, str(scan.path), windows, series_uid=scan.series_uid,
+                    name=f"{where} ({scan.format})",
+                )  # fmt: skip
+                output = Path(folder) / ("label.dcm" if scan.series_uid else "label.nii.gz")
+                if scan.series_uid:  # a SEG referencing the sent series (refused without its UIDs)
+                    labels, uid = result.labels, scan.series_uid
+                    write_dicom_seg(labels, scan.path, output, self.spec.labels, series_uid=uid)
+                else:
+                    write_nifti(result.labels, output, np.uint8)  # as attnunet infer writes it
+            except (ValueError, FileNotFoundError) as error:  # the sent scan, not the server
+                raise ScanRequestError(f"{where}: {str(error).replace(folder + '/', '')}") from None
+            label = encode_file(output)
+        return {
+            "label": label,
+            "classes": class_names(self.spec),
+            "volumes_ml": volumes_ml(result.labels, self.spec),
+        }
 
 
 def log_segmentation_model(
@@ -179,7 +252,7 @@ def log_segmentation_model(
             "mlflow.start_run()"
         )
     network, spec = model_from_checkpoint(checkpoint)
-    example = np.zeros((1, spec.in_channels, *(_EXAMPLE_SIZE,) * spec.spatial_dims), np.float32)
+    example = pd.DataFrame({IMAGE_COLUMN: [_example_scan(spec)]})
     # Model.log takes a flavor module: anything with save_model (its __name__ is recorded as the flavor).
     flavors = SimpleNamespace(__name__="mlflow.pyfunc", save_model=functools.partial(_save, network=network))
     with tempfile.TemporaryDirectory() as folder:
@@ -238,10 +311,40 @@ def _save(path: str, mlflow_model: Model, *, network: nn.Module, **pyfunc_option
     mlflow_model.save(Path(path) / MLMODEL_FILE_NAME)
 
 
+def _example_scan(spec: ModelSpec) -> str:
+    """A tiny scan the model takes, base64-encoded: a bright ball in an 8^3 NIfTI (one channel per
+    input channel, last axis) at the model's spacing, or an 8 x 8 picture for a 2D model."""
+    grid = np.indices((_EXAMPLE_SIZE,) * spec.spatial_dims) - (_EXAMPLE_SIZE - 1) / 2
+    ball = np.where((grid**2).sum(axis=0) < (_EXAMPLE_SIZE / 3) ** 2, 200, 10).astype(np.uint8)
+    stream = io.BytesIO()
+    if spec.spatial_dims == 2:
+        modes = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+        channels = ball if spec.in_channels == 1 else np.stack([ball] * spec.in_channels, axis=-1)
+        Image.fromarray(channels, mode=modes.get(spec.in_channels)).save(stream, format="PNG")
+    else:
+        data = np.stack([ball] * spec.in_channels, axis=-1) if spec.in_channels > 1 else ball
+        image = nib.Nifti1Image(data.astype(np.int16), np.diag([*(spec.pixdim or (1.0, 1.0, 1.0)), 1.0]))
+        stream.write(gzip.compress(image.to_bytes(), mtime=0))
+    return base64.b64encode(stream.getvalue()).decode("ascii")
+
+
 def _signature(spec: ModelSpec) -> ModelSignature:
-    """Free batch and spatial sizes: ``(-1, C, -1, ...)`` float32 in, ``(-1, -1, ...)`` int64 labels out."""
-    free = (-1,) * spec.spatial_dims
+    """Scans in (``image``, optional ``tta`` and ``largest_component``); label map, class names and
+    volumes (millilitres per class name) out."""
+    names = class_names(spec)
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.in_channels, *free))]),
-        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, *free))]),
+        inputs=Schema(
+            [
+                ColSpec(DataType.string, IMAGE_COLUMN),
+                ColSpec(DataType.boolean, "tta", required=False),
+                ColSpec(DataType.boolean, "largest_component", required=False),
+            ]
+        ),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "label"),
+                ColSpec(Array(DataType.string), "classes"),
+                ColSpec(Object([Property(name, DataType.double) for name in names]), "volumes_ml"),
+            ]
+        ),
     )
