@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +20,7 @@ from attnunet.blocks import (
     forward_inference,
     inference_path_applies,
 )
+from attnunet.geometry import sizes_per_level
 
 __all__ = ["ATTENTION_MODES", "AttentionUNet"]
 
@@ -31,31 +31,6 @@ def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"AttentionUNet: {name} must be a positive int, got {value!r}")
     return value
-
-
-def _sizes_per_level(
-    name: str, value: object, entries: str, count: int, spatial_dims: int, default: int, odd: bool
-) -> tuple[tuple[int, ...], ...]:
-    """``value`` (``count`` lists of ``spatial_dims`` ints, or None for ``default`` everywhere) as a tuple
-    of tuples; a ``ValueError`` naming ``name``, the rule and the value where it breaks the rule."""
-    if value is None:
-        return ((default,) * spatial_dims,) * count
-    rule = "odd and positive (padding k // 2 keeps the size)" if odd else "1 or 2 (pooled by 2, or not)"
-    shape = f"{entries} lists of spatial_dims={spatial_dims} ints, each {rule}"
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
-        raise ValueError(f"AttentionUNet: {name} must be {shape}, got {value!r}")
-    sizes = []
-    for i, entry in enumerate(value):
-        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != spatial_dims:
-            raise ValueError(f"AttentionUNet: {name} must be {shape}; {name}[{i}] is {entry!r}")
-        for size in entry:
-            valid = isinstance(size, numbers.Integral) and not isinstance(size, bool)
-            if not valid or (size % 2 != 1 or size < 1 if odd else size not in (1, 2)):
-                raise ValueError(
-                    f"AttentionUNet: {name} must be {shape}; {name}[{i}] = {list(entry)!r} has {size!r}"
-                )
-        sizes.append(tuple(int(size) for size in entry))
-    return tuple(sizes)
 
 
 class AttentionUNet(nn.Module):
@@ -181,12 +156,17 @@ class AttentionUNet(nn.Module):
                 f"AttentionUNet: attention_levels must be ints in 1..depth={depth} "
                 f"(level k runs at 1/2**k of the input resolution), got {list(levels)}"
             )
-        pools = _sizes_per_level(
-            "pool_sizes", pool_sizes, f"depth={depth}", depth, spatial_dims, 2, odd=False
-        )
-        kernels = _sizes_per_level(
-            "kernel_sizes", kernel_sizes, f"depth + 1 = {depth + 1}", depth + 1, spatial_dims, 3, odd=True
-        )
+        pools = ((2,) * spatial_dims,) * depth
+        if pool_sizes is not None:
+            pools = sizes_per_level(
+                "AttentionUNet", "pool_sizes", pool_sizes, depth, f"depth={depth}", spatial_dims, odd=False
+            )
+        kernels = ((3,) * spatial_dims,) * (depth + 1)
+        if kernel_sizes is not None:
+            kernels = sizes_per_level(
+                "AttentionUNet", "kernel_sizes", kernel_sizes, depth + 1, f"depth + 1 = {depth + 1}",
+                spatial_dims, odd=True,
+            )  # fmt: skip
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

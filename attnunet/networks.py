@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 from collections.abc import Callable, Sequence
 
 from monai.networks import nets
 from monai.utils import look_up_option
 from torch import nn
 
+from attnunet.geometry import sizes_per_level
 from attnunet.slicewise import attention_unet
 
 __all__ = ["create_network", "list_networks", "network_arguments", "register_network"]
@@ -119,29 +119,6 @@ def _widths(init_features: int, depth: int) -> tuple[int, ...]:
     return tuple(init_features * 2**i for i in range(depth + 1))
 
 
-def _per_level(
-    network: str, name: str, value: object, count: int, rule: str, spatial_dims: int, odd: bool
-) -> tuple[tuple[int, ...], ...]:
-    """``value`` (``count`` lists of ``spatial_dims`` ints) as a tuple of tuples; otherwise a ``ValueError``
-    naming ``network``, ``name``, the rule (``count`` spelled as ``rule``) and the entry that breaks it."""
-    allowed = "odd and positive" if odd else "1 or 2"
-    shape = f"{rule} lists of spatial_dims={spatial_dims} ints, each {allowed}"
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
-        raise ValueError(f"{network}: {name} must be {shape}, got {value!r}")
-    sizes = []
-    for i, entry in enumerate(value):
-        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != spatial_dims:
-            raise ValueError(f"{network}: {name} must be {shape}; {name}[{i}] is {entry!r}")
-        for size in entry:
-            valid = isinstance(size, numbers.Integral) and not isinstance(size, bool)
-            if not valid or (size % 2 != 1 or size < 1 if odd else size not in (1, 2)):
-                raise ValueError(
-                    f"{network}: {name} must be {shape}; {name}[{i}] = {list(entry)!r} has {size!r}"
-                )
-        sizes.append(tuple(int(size) for size in entry))
-    return tuple(sizes)
-
-
 def _length(network: str, name: str, value: object) -> int:
     """``len(value)`` of a list argument, or a ``ValueError`` naming ``network`` and ``name``."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -162,11 +139,11 @@ def _monai_geometry(
     strides: tuple = (2,) * depth
     kernel: int | tuple[int, ...] = 3
     if pool_sizes is not None:
-        strides = _per_level(
+        strides = sizes_per_level(
             network, "pool_sizes", pool_sizes, depth, f"depth={depth}", spatial_dims, odd=False
         )
     if kernel_sizes is not None:
-        kernels = _per_level(
+        kernels = sizes_per_level(
             network,
             "kernel_sizes",
             kernel_sizes,
@@ -337,12 +314,14 @@ def nnunet_plain_conv_unet(
                 f"so it needs {count}{hint}"
             )
     if pool_sizes is not None:
-        pools = _per_level(
+        pools = sizes_per_level(
             name, "pool_sizes", pool_sizes, stages - 1, "len(features) - 1", spatial_dims, False
         )
         strides = [[1] * spatial_dims] + [list(pool) for pool in pools]
     if kernel_sizes is not None:
-        kernels = _per_level(name, "kernel_sizes", kernel_sizes, stages, "len(features)", spatial_dims, True)
+        kernels = sizes_per_level(
+            name, "kernel_sizes", kernel_sizes, stages, "len(features)", spatial_dims, True
+        )
         kernels = [list(kernel) for kernel in kernels]
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet

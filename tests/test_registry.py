@@ -267,7 +267,7 @@ ILL_CASES = [
     (
         "monai_unet",
         {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 1, "pool_sizes": [[3, 1]]},
-        r"each 1 or 2; pool_sizes\[0\] = \[3, 1\] has 3",
+        r"each 1 or 2 \(pooled by 2, or not\); pool_sizes\[0\] = \[3, 1\] has 3",
     ),
     (
         "monai_unet",
@@ -278,7 +278,7 @@ ILL_CASES = [
             "depth": 1,
             "kernel_sizes": [[3, 2], [3, 3]],
         },
-        r"odd and positive; kernel_sizes\[0\] = \[3, 2\] has 2",
+        r"odd and positive \(padding k // 2 keeps the size\); kernel_sizes\[0\] = \[3, 2\] has 2",
     ),
     (
         "nnunet_plain_conv_unet",
