@@ -330,22 +330,21 @@ def _v1_channels(image: Path, channels: int | None) -> str | list[str]:
     first = image.with_name(f"{name}_0000{image.name[len(name) :]}")
     if image.exists() or not first.exists():
         return str(image)  # a missing file is reported by the validation, with the others
-    siblings = [p for p in image.parent.iterdir() if CHANNEL_SUFFIX.fullmatch(case_name(p) or "")]
+    own = [
+        p
+        for p in image.parent.iterdir()
+        if (match := CHANNEL_SUFFIX.fullmatch(case_name(p))) is not None and match[1] == name
+    ]
     try:
-        files = channel_groups([p for p in siblings if case_name(p).rsplit("_", 1)[0] == name], channels)[
-            name
-        ]
+        files = channel_groups(own, channels)[name]
     except ValueError as error:
         raise DataValidationError(str(error)) from None
     return _channel_image(files)
 
 
 def _grouped(folder: Path, ending: str, channels: int) -> dict[str, list[Path]]:
-    files = [
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending)
-    ]
     try:
-        return channel_groups(files, channels)
+        return channel_groups(_files(folder, (ending.lower(),)), channels)
     except ValueError as error:
         raise DataValidationError(str(error)) from None
 
@@ -362,11 +361,7 @@ def _from_nnunet(root: Path, description: dict, labels: dict[str, str], channels
             )
     groups = _grouped(image_dir, ending, len(channels))
     groups = {case: [f.resolve() for f in files] for case, files in groups.items()}
-    labelled = {
-        p.name[: -len(ending)]: p
-        for p in label_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending)
-    }
+    labelled = {p.name[: -len(ending)]: p for p in _files(label_dir, (ending.lower(),))}
     for case in sorted(set(groups) - set(labelled)):
         raise DataValidationError(
             f"case {case}: {groups[case][0]} has no label {label_dir / (case + ending)}; add it or move the "

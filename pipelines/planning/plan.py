@@ -205,7 +205,7 @@ def _training(
     crops = None
     if roi_size is None:
         shape = [1 if axis == sliced else s for axis, s in enumerate(median_shape)]
-        roi_size, _, _ = choose_patch(shape, spacing, overrides.get("depth"), init_features, budget)
+        roi_size = choose_patch(shape, spacing, overrides.get("depth"), init_features, budget)
         # a 2D configuration's patches are 2D: on a CPU they are capped as 2D images' are
         roi_size, crops = cap_2d_patch(roi_size, 2 if sliced is not None else spatial_dims, device)
     roi_size = [int(r) for r in roi_size]

@@ -214,18 +214,18 @@ def choose_patch(
     depth: int | None,
     init_features: int,
     budget: float,
-) -> tuple[list[int], list[list[int]], list[list[int]]]:
-    """``(patch, pool_sizes, kernel_sizes)``: the median shape rounded up to each axis' pooling, its
-    largest axis shrunk until two samples fit ``budget``."""
+) -> list[int]:
+    """The median shape rounded up to each axis' pooling (:func:`pool_and_kernel_sizes` of the patch),
+    its largest axis shrunk until two samples fit ``budget``."""
     patch = [float(s) for s in median_shape]
     while True:
-        pools, kernels = pool_and_kernel_sizes(patch, spacing, depth)
+        pools, _ = pool_and_kernel_sizes(patch, spacing, depth)
         candidate = _round_up(patch, pooling_multiples(pools))
         if 2 * math.prod(candidate) * bytes_per_voxel(init_features, pools) <= budget:
-            return candidate, pools, kernels
+            return candidate
         largest = int(np.argmax(patch))
         if patch[largest] <= 2 * MIN_BOTTOM_VOXELS * 2:
-            return candidate, pools, kernels
+            return candidate
         patch[largest] *= 0.9
 
 
