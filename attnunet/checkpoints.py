@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,9 +36,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "attnunet-checkpoint/3"
-# Format 1 named ``attention_unet_3d_small`` when it had 8 features, format 2 since the preset has 16
-# (8 lost a class on real MR, issue 10); both kept an untyped {"name", "kwargs"} network dict, format 3
-# a typed ModelSpec. Upgrading spells out the preset defaults a checkpoint relied on.
+# Format 1 named ``attention_unet_3d_small`` when it had 8 features, format 2 since the preset has 16;
+# both kept an untyped {"name", "kwargs"} network dict, format 3 a typed ModelSpec. Upgrading spells out
+# the preset defaults a checkpoint relied on.
 _UPGRADES = {
     "attnunet-checkpoint/1": {"attention_unet_3d_small": {"init_features": 8}},
     "attnunet-checkpoint/2": {},
@@ -67,7 +68,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except pickle.UnpicklingError as error:
+        raise ValueError(_refused(path, str(error))) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"checkpoint {path} cannot be read (truncated or not a torch file): {error}"
         ) from None
@@ -79,6 +82,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{CHECKPOINT_FORMAT!r}); train with 'attnunet train' or export a bundle model instead"
         )
     return checkpoint
+
+
+# The object a pickle asked for that torch's weights-only reader refused ("GLOBAL posix.system").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
+def _refused(path: Path, message: str) -> str:
+    """Why torch's weights-only reader refused ``path``, without torch's advice to load it unsafely: such a
+    file asks the reader to build objects, and building them would run its code."""
+    if not message.startswith("Weights only load failed"):  # a damaged pickle stream
+        return f"checkpoint {path} cannot be read (truncated or not a torch file): {message.splitlines()[0]}"
+    if "Unsupported operand" in message:  # bytes that are no pickle at all (an image, a text file)
+        return f"checkpoint {path} cannot be read (truncated or not a torch file)"
+    named = _REFUSED_GLOBAL.search(message)
+    what = f" ({named.group(1)})" if named else ""
+    return (
+        f"checkpoint {path} holds objects that are not plain weights{what}, which attnunet refuses to "
+        "load because building them runs code from the file; use a checkpoint written by 'attnunet "
+        "train', which holds only tensors and plain values"
+    )
 
 
 def _upgrade(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
@@ -121,7 +144,7 @@ def load_weights(network: torch.nn.Module, state: Mapping[str, Any], source: str
         ]
         raise ValueError(
             f"{source}: its weights do not fit the network it names, so it was written by another "
-            f"attnunet version (the decoder has one 3x3 convolution per stage since 2026-11-25) or "
-            f"edited; retrain, or load it with the attnunet that wrote it. {' '.join(details)}"
+            f"attnunet version or edited; retrain, or load it with the attnunet that wrote it. "
+            f"{' '.join(details)}"
         ) from None
     return network

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "attnunet.pipelines.commands.evaluate",
         "Dice, HD95 and surface Dice of predictions against labels",
     ),
+    "sync": (
+        "attnunet.pipelines.commands.sync",
+        "send what a training run kept on disk (metrics, model) to an MLflow store",
+    ),
     "summary": ("attnunet.summary", "per-layer summary and parameter count of a network preset"),
     "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
     "bundle": ("attnunet.pipelines.commands.bundle", "write a MONAI bundle for your own dataset"),

@@ -201,6 +201,10 @@ def _load_registered(
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
+    from attnunet.pipelines.tracking.store import check_store_exists, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_store_exists(tracking_uri, model_uri)  # a read never creates a store
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         if model_uri.startswith("runs:/"):

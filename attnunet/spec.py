@@ -2,7 +2,8 @@
 
 A spec travels with the weights (checkpoints, bundles, the MLflow run's config), so inference and
 export repeat no training flags. It is saved as a plain JSON-able dict with a ``version`` that
-changes whenever its fields change; :meth:`ModelSpec.from_dict` reads every version it knows.
+changes whenever its fields change; :meth:`ModelSpec.from_dict` reads every version it knows (version 1
+had no ``regions``: a model of one output per class, or one binary output).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Any
 
 from torch import nn
 
+from attnunet.regions import Regions
+
 __all__ = ["SPEC_VERSION", "ModelSpec"]
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+_READABLE = (1, SPEC_VERSION)
 # Fields a run's resolved config must hold for a spec to be built from it.
 _REQUIRED = ("network", "preset", "roi_size", "spatial_dims", "in_channels", "out_channels", "labels")
 
@@ -38,13 +42,17 @@ class ModelSpec:
         network: name in :func:`attnunet.networks.list_networks`.
         network_kwargs: every argument of that builder, ``spatial_dims``/``in_channels``/``out_channels``
             included, in JSON's types (tuples are kept as lists, e.g. ``pool_sizes``, ``kernel_sizes``).
-        labels: class index (as a string) -> class name, background ``"0"`` included.
+        labels: class index (as a string) -> class name, background ``"0"`` included: the values of the
+            label maps it was trained on and writes.
         preset: transform preset the network was trained behind (``"ct"``, ``"mr"``, ``"image2d"``).
         preset_kwargs: that preset's options (CT window...).
         pixdim: target spacing in mm, or None for each image's own.
         roi_size: training patch, the default sliding-window size.
         sw_batch_size: windows per forward pass.
         overlap: sliding-window overlap.
+        regions: for a region model (nnU-Net's region-based training), its regions, one sigmoid output
+            each (:class:`~attnunet.regions.Regions`); None: one softmax output per class, or one binary
+            output.
         version: :data:`SPEC_VERSION` of the code that wrote it.
 
     Example:
@@ -64,6 +72,7 @@ class ModelSpec:
     pixdim: tuple[float, ...] | None = None
     sw_batch_size: int = 4
     overlap: float = 0.25
+    regions: Regions | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -76,6 +85,13 @@ class ModelSpec:
         object.__setattr__(self, "roi_size", tuple(int(s) for s in self.roi_size))
         if self.pixdim is not None:
             object.__setattr__(self, "pixdim", tuple(float(p) for p in self.pixdim))
+        if isinstance(self.regions, Mapping):  # as to_dict wrote it
+            object.__setattr__(self, "regions", Regions.from_dict(self.regions))
+        if self.regions is not None and len(self.regions.names) != self.out_channels:
+            raise ValueError(
+                f"model spec: {len(self.regions.names)} regions {list(self.regions.names)} need as many "
+                f"outputs, network_kwargs has out_channels={self.out_channels}"
+            )
 
     @property
     def spatial_dims(self) -> int:
@@ -89,8 +105,14 @@ class ModelSpec:
 
     @property
     def out_channels(self) -> int:
-        """Network outputs: one per class (softmax), or 1 for a single binary (sigmoid) output."""
+        """Network outputs: one per class (softmax), 1 for a single binary (sigmoid) output, or one per
+        region (sigmoid each)."""
         return int(self.network_kwargs["out_channels"])
+
+    @property
+    def sigmoid(self) -> bool:
+        """Whether each output is a sigmoid of its own (one binary output, or regions), not a softmax."""
+        return self.out_channels == 1 or self.regions is not None
 
     def build(self) -> nn.Module:
         """A freshly initialised network of this spec (load the weights into it)."""
@@ -102,19 +124,20 @@ class ModelSpec:
         """Plain JSON types (lists for tuples), as saved in checkpoints."""
         saved = asdict(self)
         saved.update(roi_size=list(self.roi_size), pixdim=None if self.pixdim is None else list(self.pixdim))
+        saved["regions"] = None if self.regions is None else self.regions.to_dict()
         return saved
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], source: str = "model spec") -> ModelSpec:
         """Read a dict written by :meth:`to_dict` (any known version); ``source`` names it in errors."""
         version = saved.get("version")
-        if version != SPEC_VERSION:
+        if version not in _READABLE:
             raise ValueError(
                 f"{source}: model spec version {version!r} is not one this attnunet reads "
-                f"({SPEC_VERSION}); load it with the attnunet version that wrote it"
+                f"({', '.join(map(str, _READABLE))}); load it with the attnunet version that wrote it"
             )
         try:
-            return cls(**dict(saved))
+            return cls(**{**saved, "version": SPEC_VERSION})
         except TypeError as error:
             raise ValueError(f"{source}: not a model spec ({error})") from None
 
@@ -144,4 +167,5 @@ class ModelSpec:
             roi_size=tuple(config["roi_size"]),
             sw_batch_size=int(config.get("sw_batch_size") or 4),
             overlap=float(config.get("overlap") if config.get("overlap") is not None else 0.25),
+            regions=config.get("regions"),
         )

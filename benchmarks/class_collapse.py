@@ -25,7 +25,6 @@ import time
 
 import torch
 from monai.data import DataLoader, Dataset
-from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
@@ -33,6 +32,7 @@ from monai.utils import set_determinism
 from attnunet.blocks import NonLocalBlock
 from attnunet.networks import create_network
 from attnunet.pipelines.data.datasets import discover_dataset
+from attnunet.pipelines.engines.components import create_loss
 from attnunet.transforms.presets import build_transforms
 
 
@@ -84,12 +84,11 @@ def main() -> None:
         args.network, spatial_dims=3, in_channels=1, out_channels=num_classes, **json.loads(args.kwargs)
     )
     peaks = attention_peaks(network)
-    chain = build_transforms("mr", "train", roi_size=args.roi_size, num_samples=2)
+    chain = build_transforms("mr", "train", roi_size=args.roi_size, num_samples=2, num_classes=num_classes)
     loader = DataLoader(Dataset(cases, chain), batch_size=2, shuffle=True)
     validation = list(Dataset(cases, build_transforms("mr", "val")))
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    # the training pipeline's loss: one tensor as is, a deeply supervised network's list weighted 1, 1/2 ...
-    loss_function = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+    loss_function = create_loss("dice_ce", num_classes)  # the training pipeline's loss
     started, step = time.perf_counter(), 0
     while step < args.steps:
         for batch in loader:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from attnunet.checkpoints import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from attnunet.cli import main
 from attnunet.spec import SPEC_VERSION, ModelSpec
 
 NETWORK = {
@@ -119,3 +122,33 @@ def test_a_spec_of_another_version_is_refused():
 def test_an_inconsistent_spec_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         ModelSpec(**{**SPEC.to_dict(), **change})
+
+
+class _RunsCode:
+    """What a malicious checkpoint pickles: an object whose unpickling runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_torchs_unsafe_advice(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": _RunsCode(f"touch {marker}")}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'evil.pt'} holds objects that are not plain weights")
+    assert "system" in message and "refuses" in message
+    assert "weights_only" not in message and "truncated" not in message and "\n" not in message
+    # through the command line: one line, nothing run
+    args = ["infer", str(tmp_path / "scan.nii.gz"), "--model", str(tmp_path / "evil.pt")]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"attnunet infer: error: {message}\n"
+    assert not marker.exists()
+    # bytes that are no pickle at all: unreadable, and no advice to load them unsafely either
+    (tmp_path / "scan.nii.gz").write_bytes(gzip.compress(b"not a checkpoint"))
+    with pytest.raises(ValueError, match=r"scan.nii.gz cannot be read \(truncated or not a torch file\)$"):
+        load_checkpoint(tmp_path / "scan.nii.gz")

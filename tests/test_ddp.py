@@ -11,10 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 from monai.inferers import SlidingWindowInferer
-from monai.losses import DiceCELoss
 
 from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.pipelines.data.datasets import discover_dataset, split_items
+from attnunet.pipelines.engines.components import create_loss
 from attnunet.transforms.presets import build_transforms
 
 # One run, no retry. torch's gloo backend used to abort a rank at exit ("terminate called without an
@@ -60,7 +60,7 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
     model, spec = model_from_checkpoint(output / "checkpoints" / "last.pt")
     transform = build_transforms("ct", "val", pixdim=None)
     inferer = SlidingWindowInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss = create_loss("dice_ce", spec.out_channels)  # the loss the run validates with
     per_case = []
     with torch.no_grad():
         for item in val_items:

@@ -467,3 +467,32 @@ def test_2d_png_with_a_one_channel_sigmoid_model(tmp_path):
     assert labels.shape == (30, 20, 1, 1) and probabilities.shape == (30, 20, 1, 1)  # PIL: width first
     assert set(np.unique(labels)) <= {0, 1} and probabilities.min() >= 0.0 and probabilities.max() <= 1.0
     assert ndimage.label(labels == 1)[1] <= 1
+
+
+def test_cli_refuses_a_scan_with_nan_voxels_in_one_line(checkpoint, tmp_path, capsys):
+    """8 NaN voxels would spread over the whole scan in its normalisation and give an all-background map."""
+    volume = random_volume((64, 64, 32))
+    volume[10:12, 10:12, 5:7] = np.nan  # 8 voxels
+    scan = save_nifti(tmp_path / "nan_scan.nii.gz", volume, np.diag([1.5, 1.5, 2.0, 1.0]))
+    argv = [
+        "infer",
+        str(scan),
+        "--model",
+        str(checkpoint),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert f"{scan} has 8 NaN or infinite voxels" in error and "nan_to_num" in error
+    assert not (tmp_path / "out" / "nan_scan.nii.gz").exists()
+
+
+def test_apply_model_refuses_infinite_voxels_of_an_array(checkpoint):
+    network, spec = load_model(checkpoint)
+    volume = random_volume((16, 16, 8))
+    volume[0, 0, :3] = np.inf
+    with pytest.raises(ValueError, match="has 3 NaN or infinite voxels"):
+        apply_model(network, spec, volume, affine=np.eye(4))

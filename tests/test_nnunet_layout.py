@@ -162,9 +162,9 @@ DAMAGES = {
         lambda r: _edit_description(r, numTraining=5),
         r"numTraining is 5 but .*labelsTr holds 3",
     ),
-    "regions": (
+    "regions without their order": (
         lambda r: _edit_description(r, labels={"background": 0, "tumour": [1, 2]}),
-        r"labels \['tumour'\] are regions",
+        r"labels \['tumour'\] are regions .*add 'regions_class_order'",
     ),
 }
 

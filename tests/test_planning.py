@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -181,7 +182,7 @@ def test_empty_folder(tmp_path):
 
 def test_case_without_label(tmp_path):
     root = write_msd(tmp_path / "unlabelled", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, labelled=False)
-    with pytest.raises(DataValidationError, match=r"case_0\.nii\.gz: this case has no label"):
+    with pytest.raises(DataValidationError, match=r"case_0\.nii\.gz has no label; add its label file"):
         plan_dataset(root)
 
 
@@ -204,7 +205,10 @@ def test_ct_and_mr_channels_each_get_their_own_normalisation(tmp_path):
 
 def test_mixed_channel_counts(tmp_path):
     root = write_msd(tmp_path / "channels", [(16, 16, 8)] * 2, [(1.0,) * 3] * 2, channels=[1, 2])
-    with pytest.raises(DataValidationError, match=r"case_1\.nii\.gz has 3 spatial dims and 2 channel.*mixes"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"case_1\.nii\.gz has shape \(16, 16, 8, 2\) \(2 channel\(s\)\), expected 1",
+    ):
         plan_dataset(root)
 
 
@@ -222,7 +226,9 @@ def test_label_value_outside_the_classes(tmp_path):
     data = np.asarray(nib.load(label).dataobj).copy()
     data[0, 0, 0] = 7
     nib.save(nib.Nifti1Image(data, nib.load(label).affine), label)
-    with pytest.raises(DataValidationError, match=r"case_0\.nii\.gz: label values \[7\]"):
+    with pytest.raises(
+        DataValidationError, match=r"case_0\.nii\.gz has values \[7\] outside the declared classes"
+    ):
         plan_dataset(root)
 
 
@@ -393,3 +399,39 @@ def test_a_few_thick_slices_plan_a_2d_configuration_and_many_a_3d_one(tmp_path):
     plan = plan_dataset(many, device="cpu")
     assert plan["configuration"] == "3d" and plan["slice_axis"] is None and plan["roi_size"][2] > 1
     assert plan["network_kwargs"]["pool_sizes"][0] == [2, 2, 1]  # in-plane first: 0.8 mm against 4 mm
+    # nnU-Net's "-c 2d" for the same set: a patch one slice thick along an axis asks for it
+    sliced = plan_dataset(many, device="cpu", overrides={"roi_size": [128, 128, 1]})
+    assert (sliced["configuration"], sliced["slice_axis"], sliced["depth"]) == ("2d", 2, 5)
+    # the 10 mm slices do not count against the plane: 3 x 3 kernels down to 25.6 mm pixels
+    assert sliced["network_kwargs"]["kernel_sizes"] == [[3, 3, 1]] * 6
+
+
+def _broken_copy(demo: Path, target: Path, broken: str) -> Path:
+    """The demo dataset with its first label on another grid, or 8 NaN voxels in its first image."""
+    shutil.copytree(demo, target)
+    folder = "labelsTr" if broken == "label-shape" else "imagesTr"
+    path = sorted((target / folder).glob("*.nii.gz"))[0]
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, np.float32)
+    if broken == "label-shape":
+        data = data[:-2]
+    else:
+        data[2:4, 2:4, 2:4] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    return target
+
+
+@pytest.mark.parametrize("broken", ["label-shape", "nan"])
+def test_plan_refuses_what_train_refuses_with_the_same_line(
+    demo_dataset, tmp_path, tiny_config, capsys, broken
+):
+    from attnunet.pipelines.engines import train
+
+    data = _broken_copy(demo_dataset, tmp_path / "data", broken)
+    with pytest.raises(DataValidationError) as refused:
+        train(tiny_config(data, tmp_path / "run"))
+    assert main(["plan", str(data), "--output", str(tmp_path / "plan.json"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"attnunet plan: error: {refused.value}" and len(error.splitlines()) == 1
+    assert ("has shape" if broken == "label-shape" else "8 NaN") in error
+    assert not (tmp_path / "plan.json").exists()

@@ -54,18 +54,23 @@ def names(chain) -> list[str]:
     return [type(t).__name__ for t in chain.transforms]
 
 
+def classes(preset: str, mode: str) -> dict[str, int]:
+    """The class count a training chain needs (three for the volumes, the binarised two for pictures)."""
+    return {"num_classes": 3} if mode == "train" and preset != "image2d" else {}
+
+
 @pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])
 @pytest.mark.parametrize(
     "mode, keys", [("train", ("image", "label")), ("val", ("image", "label")), ("infer", ("image",))]
 )
 def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
-    chain = build_transforms(preset, mode)
+    chain = build_transforms(preset, mode, **classes(preset, mode))
     loaders = [t for t in chain.transforms if type(t).__name__ == "LoadImageLabeld"]
     assert names(chain)[len(loaders)] == "EnsureChannelFirstd"
     assert names(chain)[: len(loaders)] == ["LoadImageLabeld"] * len(loaders)
     assert tuple(k for t in loaders for k in t.keys) == keys
     assert names(chain)[-1] == "EnsureTyped"
-    random = {"RandCropByPosNegLabeld", "RandFlipd"} & set(names(chain))
+    random = {"RandCropByLabelClassesd", "RandFlipd"} & set(names(chain))
     assert bool(random) == (mode == "train")
 
 
@@ -77,17 +82,18 @@ def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
     ],
 )
 def test_3d_train_chain_order(preset, expected):
-    chain = names(build_transforms(preset, "train", pixdim=(1.5, 1.5, 3.0)))
+    chain = names(build_transforms(preset, "train", pixdim=(1.5, 1.5, 3.0), num_classes=3))
     assert [n for n in chain if n in expected] == expected
     assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandShiftIntensityd" in chain
 
 
 @pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])
 def test_flip_axes_choose_the_mirrored_axes(preset):
-    chain = build_transforms(preset, "train", flip_axes=[0])
+    chain = build_transforms(preset, "train", flip_axes=[0], **classes(preset, "train"))
     flips = [t.flipper.spatial_axis for t in chain.transforms if type(t).__name__ == "RandFlipd"]
     assert flips == [0]  # left-right only: anterior stays anterior
-    assert "RandFlipd" not in names(build_transforms(preset, "train", flip_axes=[]))
+    unmirrored = build_transforms(preset, "train", flip_axes=[], **classes(preset, "train"))
+    assert "RandFlipd" not in names(unmirrored)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +107,7 @@ def test_flip_axes_choose_the_mirrored_axes(preset):
 )
 def test_mirrored_axes_are_those_the_training_chain_flips(preset, options, expected):
     assert mirrored_axes(preset, options) == expected
-    chain = build_transforms(preset, "train", **options)
+    chain = build_transforms(preset, "train", **options, **classes(preset, "train"))
     assert (
         tuple(t.flipper.spatial_axis for t in chain.transforms if type(t).__name__ == "RandFlipd") == expected
     )
@@ -109,7 +115,8 @@ def test_mirrored_axes_are_those_the_training_chain_flips(preset, options, expec
 
 def test_image2d_train_rotates_scales_and_varies_contrast():
     chain = names(build_transforms("image2d", "train"))
-    assert chain.index("RandAffined") < chain.index("RandCropByPosNegLabeld")  # patches without empty corners
+    # rotated before cropping: patches without empty corners
+    assert chain.index("RandAffined") < chain.index("RandCropByLabelClassesd")
     assert chain.count("RandFlipd") == 2 and "RandAdjustContrastd" in chain
 
 
@@ -119,13 +126,37 @@ def test_no_spacing_without_pixdim():
 
 def test_ct_train_patches(case):
     set_determinism(seed=0)
-    samples = ct_transforms("train", pixdim=(3.0, 3.0, 6.0), roi_size=(16, 16, 8), num_samples=3)(case)
+    chain = ct_transforms("train", pixdim=(3.0, 3.0, 6.0), roi_size=(16, 16, 8), num_samples=3, num_classes=3)
+    samples = chain(case)
     set_determinism(seed=None)
     assert len(samples) == 3
     for sample in samples:
         assert sample["image"].shape == sample["label"].shape == (1, 16, 16, 8)
         assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0, 2.0}
     assert any(sample["label"].max() > 0 for sample in samples)  # positive patches are drawn
+
+
+def test_a_small_class_is_in_its_share_of_the_patches(tmp_path):
+    """One patch in three is centred on the 8-voxel class beside a 1,000-voxel one (centring on any
+    foreground voxel would put it in about one patch in 250)."""
+    image = np.full((48, 48, 48), 100.0, dtype=np.float32)
+    label = np.zeros((48, 48, 48), dtype=np.uint8)
+    label[4:14, 4:14, 4:14] = 1
+    label[40:42, 40:42, 40:42] = 2
+    case = {}
+    for key, volume in (("image", image), ("label", label)):
+        case[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), case[key])
+    chain = ct_transforms("train", roi_size=(8, 8, 8), num_samples=60, num_classes=3, a_min=0, a_max=200)
+    samples = chain.set_random_state(seed=0)(case)
+    with_small_class = sum(bool((sample["label"] == 2).any()) for sample in samples)
+    assert 10 <= with_small_class <= 30  # about 20 of 60
+
+
+def test_a_class_missing_from_a_case_is_skipped_quietly(case, recwarn):
+    chain = mr_transforms("train", roi_size=(16, 16, 8), num_samples=4, num_classes=5)
+    samples = chain.set_random_state(0)(case)
+    assert len(samples) == 4 and not [w for w in recwarn if "no available indices" in str(w.message)]
 
 
 def test_ct_val_window_and_ras(case):
@@ -238,6 +269,9 @@ ILL_CASES = [
     (("mr", "train"), {"roi_size": (32, 32)}, "roi_size must be 3"),
     (("mr", "train"), {"num_samples": 0}, "num_samples must be >= 1"),
     (("image2d", "train"), {"pixdim": (1.0, 1.0)}, "does not resample"),
+    (("ct", "train"), {}, r"training chain needs num_classes .*got None"),
+    (("mr", "train"), {"num_classes": 1}, r"training chain needs num_classes .*got 1"),
+    (("image2d", "train"), {"num_classes": 3}, r"binarises its masks .*num_classes=3"),
     (("image2d", "train"), {"a_min": 0}, r"does not take \['a_min'\]"),
     (
         ("mr", "train"),

@@ -176,7 +176,7 @@ def test_a_csv_of_series_and_segs_goes_through_discovery_validation_and_the_chai
     # The chain's orientation is RAS: the series' x and y axes (LPS order) are flipped.
     np.testing.assert_array_equal(from_seg["label"][0].numpy(), reference[::-1, ::-1, :])
     np.testing.assert_allclose(from_seg["label"].affine.numpy(), from_nrrd["label"].affine.numpy(), atol=1e-4)
-    train = build_transforms("ct", "train", roi_size=(32, 32, 3), num_samples=3)
+    train = build_transforms("ct", "train", roi_size=(32, 32, 3), num_samples=3, num_classes=2)
     seg_samples = train.set_random_state(seed=0)(dict(index.items[0]))
     nrrd_samples = train.set_random_state(seed=0)(nrrd_case)
     assert any(sample["label"].max() > 0 for sample in seg_samples)

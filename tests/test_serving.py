@@ -390,3 +390,13 @@ def test_alias_moves_only_when_the_rule_says_so(store):
 def test_logging_needs_an_active_run(store):
     with pytest.raises(ValueError, match="no MLflow run is active"):
         log_segmentation_model(store.folder / "current.pt")
+
+
+def test_a_scan_with_nan_voxels_is_refused_naming_the_row(store, tmp_path):
+    """Not an all-background label map (which reads as "no finding"): the served model's 400 says why."""
+    python_model = mlflow.pyfunc.load_model(store.registered, model_config=ON_THE_CPU).unwrap_python_model()
+    volume = np.asarray(nib.load(next((store.demo / "imagesTs").glob("*.nii.gz"))).dataobj, np.float32)
+    volume[10:12, 10:12, 5:7] = np.nan  # 8 voxels
+    with pytest.raises(MlflowException, match=r"^row 0: .* has 8 NaN or infinite voxels") as refused:
+        python_model.predict(pd.DataFrame({"image": [encode(nifti_bytes(volume))]}))
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # served as HTTP 400

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.cli import main
 from attnunet.models import load_model
 from attnunet.pipelines.engines import train
+from attnunet.pipelines.tracking import mlflow_runs
 from attnunet.pipelines.tracking.mlflow_runs import (
     CONFIG_ARTIFACT,
     RunTracker,
@@ -177,6 +179,30 @@ def _tiny_cli(data: Path, output: Path, epochs: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
+def test_runs_of_a_seeded_training_get_distinct_names(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    names = set()
+    for _ in range(2):
+        random.seed(0)  # as the training's set_determinism does before its run starts
+        tracker = RunTracker(uri, experiment="names")
+        tracker.end()
+        names.add(MlflowClient(uri).get_run(tracker.run_id).info.run_name)
+    assert len(names) == 2 and all(name.startswith("names-") for name in names)
+
+
+def test_reading_a_model_never_creates_a_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["infer", "scan.nii.gz", "--model", "models:/spleen@champion", "--output", "out"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"attnunet infer: error: models:/spleen@champion: no MLflow store at {tmp_path}/mlflow.db"
+    )
+    assert line.endswith("point at the store that holds it with --tracking-uri or MLFLOW_TRACKING_URI")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bounded_requests_sets_the_limits_for_the_call_only(monkeypatch):
     for name in HTTP_LIMITS:
         monkeypatch.delenv(name, raising=False)
@@ -191,11 +217,13 @@ def test_bounded_requests_sets_the_limits_for_the_call_only(monkeypatch):
 
 @pytest.mark.long
 @pytest.mark.parametrize("outage", ["stop", "pause"])  # a crashed server; a hung one (port open, no answer)
-def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(
+def test_a_tracker_whose_server_stays_away_holds_its_records_and_says_so(
     tmp_path, caplog, outage, tiny_checkpoint
 ):
     with MlflowServer(tmp_path / "server") as server:
-        tracker = RunTracker(server.url, experiment="outage", kept_on_disk="the records are in run/")
+        tracker = RunTracker(
+            server.url, experiment="outage", kept_on_disk="the records are in run/", wait_at_end=2
+        )
         tracker.log_metrics({"val_mean_dice": 0.5}, step=1)
         getattr(server, outage)()
         started = time.monotonic()
@@ -207,12 +235,17 @@ def test_a_tracker_whose_server_went_away_warns_once_and_logs_nothing_more(
             tracker.end("FINISHED")
         waited = time.monotonic() - started  # MLflow's defaults: ~8.5 min refused, 7 x 120 s hung
         assert waited < 60, waited
-    assert model_uri is None and tracker.offline
-    (warning,) = caplog.records  # one line, nothing from urllib3's retries
+    assert model_uri is None and tracker.model_uri is None and tracker.offline
+    failed, gave_up = caplog.records  # two lines, nothing from urllib3's retries
     cause = {"stop": "[Errno 111] Connection refused", "pause": "Read timed out. (read timeout=10)"}[outage]
-    assert warning.getMessage() == (
+    assert failed.getMessage() == (
         f"MLflow tracking store {server.url} failed while logging the metrics of step 2 ({cause}); the run "
-        "goes on without MLflow and logs nothing more to it; the records are in run/"
+        "goes on and sends its records when the store answers again; the records are in run/"
+    )
+    assert gave_up.getMessage() == (
+        f"MLflow tracking store {server.url} did not answer within 2 s: 5 record(s) of run {tracker.run_id}, "
+        "from logging the metrics of step 2 on, were not sent; the records are in run/; 'attnunet sync "
+        "OUTPUT' sends them once the store answers"
     )
     assert mlflow.active_run() is None and not mlflow.is_tracking_uri_set()
     # The store kept what it got before it went away (read from the server's own sqlite database): step 1,
@@ -227,13 +260,19 @@ def _read_lines(stream, lines: queue.Queue) -> None:
         lines.put(line)
 
 
+def _wait_for(lines: queue.Queue, seen: list[str], text: str) -> None:
+    while text not in "".join(seen[-1:]):
+        seen.append(lines.get(timeout=240))
+
+
 @pytest.mark.long
-def test_training_goes_on_when_the_tracking_server_dies_after_epoch_1(demo_dataset, tmp_path):
+def test_a_run_logs_again_when_its_tracking_server_comes_back(demo_dataset, tmp_path):
     output, stdout = tmp_path / "run", tmp_path / "stdout.txt"
-    with MlflowServer(tmp_path / "server") as server, stdout.open("w") as printed:
-        command = [sys.executable, "-m", "attnunet", *_tiny_cli(demo_dataset, output, epochs=3)]
+    server = MlflowServer(tmp_path / "server")
+    with server, stdout.open("w") as printed:
+        command = [sys.executable, "-m", "attnunet", *_tiny_cli(demo_dataset, output, epochs=4)]
         process = subprocess.Popen(
-            [*command, "--tracking-uri", server.url, "--experiment", "outage"],
+            [*command, "--tracking-uri", server.url, "--experiment", "outage", "--register", "comeback"],
             stdout=printed,
             stderr=subprocess.PIPE,
             text=True,
@@ -244,34 +283,90 @@ def test_training_goes_on_when_the_tracking_server_dies_after_epoch_1(demo_datas
         reader.start()
         seen: list[str] = []
         try:
-            while "epoch 2/3 started" not in "".join(seen[-1:]):  # epoch 1 is logged to MLflow by then
-                seen.append(lines.get(timeout=240))
+            _wait_for(lines, seen, "epoch 2/4 started")  # epoch 1 is logged to MLflow by then
             server.stop()
-            killed = time.monotonic()
-            process.wait(timeout=240)
+            _wait_for(lines, seen, "epoch 3/4 started")  # epoch 2's record is held back by then
+            with server:  # the same port and store, back after an outage of a few seconds
+                process.wait(timeout=300)
         finally:
             process.kill()
-        after_kill = time.monotonic() - killed
     reader.join(timeout=10)  # the rest of stderr, up to its end
     while not lines.empty():
         seen.append(lines.get())
     stderr = "".join(seen)
     assert process.returncode == 0, stderr
-    assert after_kill < 60, after_kill  # not MLflow's ~8.5 minutes of retries per call
-    assert "Traceback" not in stderr and len(seen) < 40, stderr
-    (warning,) = [line for line in seen if "failed while" in line]
-    assert warning == (
-        f"WARNING {TRACKER_LOGGER}: MLflow tracking store {server.url} failed while logging the metrics of "
-        "step 2 ([Errno 111] Connection refused); the run goes on without MLflow and logs nothing more to "
-        f"it; every epoch's metrics are kept in {output}/metrics.jsonl, the checkpoints in "
-        f"{output}/checkpoints\n"
+    assert "Traceback" not in stderr, stderr
+    (failed,) = [line for line in seen if "failed while" in line]
+    assert (
+        f"{server.url} failed while logging the metrics of step 2 ([Errno 111] Connection refused)" in failed
     )
-    assert "model: not logged (the tracking store failed, see the warning above)" in stdout.read_text()
-    # No epoch lost: every record on disk, both checkpoints there and readable.
-    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert load_checkpoint(output / "checkpoints" / "last.pt")["epoch"] == 3
-    model_from_checkpoint(output / "checkpoints" / "best.pt")
+    assert len([line for line in seen if "answers again:" in line]) == 1, stderr
+    assert "model: models:/comeback@champion" in stdout.read_text()
+    # Everything reached the store: every epoch, the model, the registration; the run ended FINISHED.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}")
+    run_id = load_checkpoint(output / "checkpoints" / "last.pt")["mlflow_run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for name in ("train_loss", "val_mean_dice", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, name)) == [1, 2, 3, 4], name
+    assert client.get_model_version_by_alias("comeback", "champion").run_id == run_id
+    # the run's artifacts, in the stopped server's artifact folder
+    artifacts = tmp_path / "server" / "artifacts"
+    assert [p.parent.name for p in artifacts.rglob("best.pt") if run_id in p.parts] == ["checkpoints"]
+
+
+@pytest.mark.long
+def test_attnunet_sync_sends_what_a_run_kept_on_disk(
+    demo_dataset, tmp_path, tiny_config, monkeypatch, capsys
+):
+    monkeypatch.setattr(mlflow_runs, "WAIT_AT_END_SECONDS", 1.0)  # the store stays away to the end
+    output = tmp_path / "run"
+    server = MlflowServer(tmp_path / "server")
+    with server:
+
+        def stop_after_epoch_1() -> None:  # as a crash of the server would, while the run trains on
+            while not (output / "metrics.jsonl").is_file():
+                time.sleep(0.1)
+            server.stop()
+
+        stopper = threading.Thread(target=stop_after_epoch_1, daemon=True)
+        stopper.start()
+        config = tiny_config(
+            demo_dataset, output, epochs=3, track=True, tracking_uri=server.url, experiment="sync",
+            register="synced",
+        )  # fmt: skip
+        result = train(config)
+        stopper.join(timeout=10)
+    assert result.model_uri is None
+    run_id = load_checkpoint(output / "checkpoints" / "last.pt")["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert len(client.get_metric_history(run_id, "val_mean_dice")) < 3
+
+    with server:  # back: sync sends the rest into the same run
+        assert main(["sync", str(output), "--tracking-uri", server.url]) == 0
+        out = capsys.readouterr().out
+        assert f"MLflow run {run_id} in {server.url} (FINISHED)" in out
+        assert "model: models:/synced@champion" in out
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.001"
+        for name in ("train_loss", "val_mean_dice", "lr"):
+            assert sorted(m.step for m in client.get_metric_history(run_id, name)) == [1, 2, 3], name
+        assert client.get_model_version_by_alias("synced", "champion").run_id == run_id
+        overlays = [a.path for a in MlflowClient(server.url).list_artifacts(run_id, "overlays")]
+        assert overlays == ["overlays/validation.png"]
+        # Syncing again sends nothing twice.
+        assert main(["sync", str(output), "--tracking-uri", server.url]) == 0
+        assert "metrics of epochs none sent" in capsys.readouterr().out
+        assert len(client.search_model_versions("name='synced'")) == 1
+
+
+def test_sync_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):
+    assert main(["sync", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"attnunet sync: error: {tmp_path} holds no training run ({tmp_path}/checkpoints/last.pt does not "
+        "exist); give the --output folder of 'attnunet train'\n"
+    )
 
 
 def test_runs_started_together_on_a_new_sqlite_store_all_start(tmp_path):

@@ -7,14 +7,18 @@ MLflow unless a test needs it); the MLflow side is tested against a real server 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 
 from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
@@ -249,9 +253,10 @@ def test_time_budget_chooses_the_epochs_and_anneals_to_the_last(demo_dataset, tm
     assert json.loads((tmp_path / "budget" / "config.json").read_text())["time_budget_choice"] == choice
 
 
-def test_label_values_with_a_gap_are_refused_before_anything_is_written(demo_dataset, tmp_path, capsys):
-    """BraTS-style labels {0, 1, 4}: one line naming the values and the renumbering, and a rerun with the
-    same output folder is not blocked by anything the refused run left."""
+@pytest.mark.parametrize("plan", [["--plan", "none"], []], ids=["no-plan", "planned"])
+def test_label_values_with_a_gap_are_refused_before_anything_is_written(demo_dataset, tmp_path, capsys, plan):
+    """BraTS-style labels {0, 1, 4}, with or without a plan: one line naming the values and the
+    renumbering, and a rerun with the same output folder is not blocked by anything the refused run left."""
     pairs = tmp_path / "pairs"
     (pairs / "images").mkdir(parents=True)
     (pairs / "labels").mkdir()
@@ -261,9 +266,71 @@ def test_label_values_with_a_gap_are_refused_before_anything_is_written(demo_dat
         values = np.asarray(label.dataobj).astype(np.uint8)
         values[values == 2] = 4
         nib.save(nib.Nifti1Image(values, label.affine), pairs / "labels" / image.name)
-    args = _cli("--data", str(pairs), "--output", str(tmp_path / "run"), "--plan", "none", "--epochs", "1")
+    args = _cli("--data", str(pairs), "--output", str(tmp_path / "run"), *plan, "--epochs", "1")
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "label values are [0, 1, 4], not 0..2" in error and "(4 -> 2)" in error
     assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_reruns_with_the_same_command(
+    demo_dataset, tmp_path, tiny_config
+):
+    config = tiny_config(demo_dataset, tmp_path / "run")
+    train(config)
+    # What a run killed between its first record and its first checkpoint leaves: config.json and metrics.
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    result = train(config)
+    assert result.epochs == 1 and result.last_checkpoint.is_file()
+    assert [
+        r["epoch"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    ] == [1]
+    # Someone else's config.json (not written for this folder) is still never overwritten.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"output": str(tmp_path / "elsewhere")}))
+    with pytest.raises(FileExistsError, match="config.json already exists"):
+        train(tiny_config(demo_dataset, other))
+
+
+def test_resume_with_more_epochs_and_a_new_lr_rebuilds_the_schedule_and_records_the_change(
+    demo_dataset, tmp_path, tiny_config, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
+    tracked = {"track": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "resume"}
+    first = train(tiny_config(demo_dataset, tmp_path / "run", epochs=2, **tracked))
+    result = train(tiny_config(demo_dataset, tmp_path / "run", epochs=5, lr=0.01, resume=True, **tracked))
+    rates = [record["lr"] for record in result.history]
+    assert [record["epoch"] for record in result.history] == [3, 4, 5]
+    # The cosine of 0.01 over 5 epochs from epoch 3 on, not the old 2-epoch one climbing back from 0.
+    assert rates == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 5)) / 2 for e in (2, 3, 4)])
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.1 * 0.01
+    scheduler = load_checkpoint(result.last_checkpoint)["scheduler"]
+    assert scheduler["T_max"] == 5 and scheduler["_last_lr"] == [pytest.approx(0.0, abs=1e-12)]
+    assert result.config["resumed"] == {"2": {"epochs": 5, "lr": 0.01}}
+    # MLflow keeps the run's first parameters; the changes have their own keys.
+    params = MlflowClient(tracked["tracking_uri"]).get_run(first.run_id).data.params
+    assert (params["lr"], params["epochs"]) == ("0.001", "2")
+    assert (params["resumed.2.lr"], params["resumed.2.epochs"]) == ("0.01", "5")
+    # A change of the validation cases is refused, the checkpoint left as it was.
+    with pytest.raises(ValueError, match=r"^--resume: the run was trained with --seed 0, .* --seed 0 or"):
+        train(tiny_config(demo_dataset, tmp_path / "run", epochs=6, seed=1, resume=True))
+    assert load_checkpoint(result.last_checkpoint)["epoch"] == 5
+
+
+def test_a_time_budget_shorter_than_an_epoch_ends_it_early_with_a_checkpoint(
+    demo_dataset, tmp_path, tiny_config, caplog
+):
+    budget_minutes = 0.05
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="attnunet.pipelines.engines.handlers"):
+        result = train(
+            tiny_config(demo_dataset, tmp_path / "budget", epochs=1000, time_budget=budget_minutes)
+        )
+    seconds = time.perf_counter() - started
+    assert seconds < 10 * 60 * budget_minutes + 30, seconds  # not BUDGET_EPOCH_STEPS steps of many seconds
+    assert result.epochs == 1 and load_checkpoint(result.last_checkpoint)["epoch"] == 1
+    assert "val_mean_dice" in result.history[-1] and result.best_checkpoint.is_file()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "time budget 0.05 min spent in epoch 1 after" in warning and "larger --time-budget" in warning

@@ -5,8 +5,8 @@ tries only the reader given, and reads a DICOM SEG label onto its image's series
 ``EnsureChannelFirstd``. The 3D chains then reorient to RAS, resample to ``pixdim`` (when given),
 normalise intensities (CT: Hounsfield window, clipped and scaled to [0, 1]; MR: z-score over non-zero
 voxels, per channel), and for training crop the foreground, pad to ``roi_size``, draw ``num_samples``
-patches centred on label/background voxels in turn, flip along each axis (the reference document's
-random flips, extended to 3D) and jitter intensities.
+patches centred on each of the ``num_classes`` classes in turn (background included), flip along each
+axis (the reference document's random flips, extended to 3D) and jitter intensities.
 
 ``"val"`` and ``"infer"`` keep whole volumes and only use invertible spatial transforms, so
 ``monai.transforms.Invertd(keys="pred", transform=chain, orig_keys="image")`` returns a prediction
@@ -26,6 +26,7 @@ from typing import Any
 from monai.data import ImageReader, PILReader
 from monai.transforms import (
     AsDiscreted,
+    ClassesToIndicesd,
     Compose,
     CropForegroundd,
     EnsureChannelFirstd,
@@ -34,7 +35,7 @@ from monai.transforms import (
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
-    RandCropByPosNegLabeld,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -64,6 +65,9 @@ __all__ = [
 MODES = ("train", "val", "infer")
 DEFAULT_ROI_3D = (96, 96, 96)
 DEFAULT_ROI_2D = (256, 256)
+# Crop centres kept per class: nnU-Net keeps 10,000 sampled locations per class for the same reason (a
+# 512 x 512 x 300 CT would otherwise cache hundreds of MB of voxel indices per case).
+_CENTRES_PER_CLASS = 10_000
 
 
 def _keys(mode: str) -> tuple[str, ...]:
@@ -87,6 +91,38 @@ def _check_flip_axes(flip_axes: Sequence[int], spatial_dims: int) -> None:
         raise ValueError(f"flip_axes must be distinct {axes}, got {list(flip_axes)}")
 
 
+def _class_balanced_crops(
+    keys: Sequence[str], roi_size: Sequence[int], num_samples: int, num_classes: int | None
+) -> list[Callable]:
+    """Patches centred on each class in turn, background included (a class a case lacks is skipped).
+
+    nnU-Net's reason: a small class (scar, a kidney beside the liver) is otherwise rarely in a patch. The
+    voxel indices are a deterministic transform, so a cached dataset computes them once per case.
+    """
+    if num_classes is None or num_classes < 2:
+        raise ValueError(
+            "the training chain needs num_classes (the label classes, background included, >= 2), "
+            f"got {num_classes}"
+        )
+    indices = ClassesToIndicesd(
+        "label",
+        num_classes=num_classes,
+        image_key="image",
+        image_threshold=0.0,
+        max_samples_per_class=_CENTRES_PER_CLASS,
+    )
+    crops = RandCropByLabelClassesd(
+        keys,
+        label_key="label",
+        spatial_size=roi_size,
+        num_classes=num_classes,
+        num_samples=num_samples,
+        indices_key="label_cls_indices",
+        warn=False,
+    )
+    return [indices, crops]
+
+
 def _volume_transforms(
     mode: str,
     intensity: list[Callable],
@@ -98,6 +134,7 @@ def _volume_transforms(
     crop_before_intensity: bool,
     flip_axes: Sequence[int],
     reorient: bool,
+    num_classes: int | None,
 ) -> Compose:
     """The 3D chain shared by CT and MR; ``intensity`` holds the modality's normalisation."""
     keys = _keys(mode)
@@ -118,16 +155,7 @@ def _volume_transforms(
         chain += [crop, *intensity] if crop_before_intensity else [*intensity, crop]
         chain += [
             SpatialPadd(keys, spatial_size=roi_size),
-            RandCropByPosNegLabeld(
-                keys,
-                label_key="label",
-                spatial_size=roi_size,
-                pos=1.0,
-                neg=1.0,
-                num_samples=num_samples,
-                image_key="image",
-                image_threshold=0.0,
-            ),
+            *_class_balanced_crops(keys, roi_size, num_samples, num_classes),
             *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
@@ -149,6 +177,7 @@ def ct_transforms(
     reader: ImageReader | str | None = None,
     flip_axes: Sequence[int] = (0, 1, 2),
     reorient: bool = True,
+    num_classes: int | None = None,
 ) -> Compose:
     """CT chain: Hounsfield window ``[a_min, a_max]`` clipped and scaled to [0, 1].
 
@@ -157,6 +186,8 @@ def ct_transforms(
         pixdim: voxel spacing (mm, x y z) to resample to; None keeps each scan's own.
         roi_size: training patch size (train only; val/infer keep whole volumes).
         num_samples: patches drawn per volume (train only).
+        num_classes: label classes, background included (train only: patches are centred on each class in
+            turn).
         a_min: lower bound of the HU window (maps to 0). Defaults to -175 (soft-tissue window).
         a_max: upper bound of the HU window (maps to 1). Defaults to 250.
         reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
@@ -170,7 +201,7 @@ def ct_transforms(
             (short-axis cardiac MR), where the axes are then the stored ones, not RAS.
 
     Example:
-        >>> chain = ct_transforms("train", pixdim=(1.5, 1.5, 3.0), roi_size=(48, 48, 32), num_samples=2)
+        >>> chain = ct_transforms("train", roi_size=(48, 48, 32), num_samples=2, num_classes=3)
         >>> samples = chain({"image": "case.nii.gz", "label": "case_seg.nii.gz"})  # doctest: +SKIP
     """
     if a_min >= a_max:
@@ -186,6 +217,7 @@ def ct_transforms(
         crop_before_intensity=False,
         flip_axes=flip_axes,
         reorient=reorient,
+        num_classes=num_classes,
     )
 
 
@@ -199,6 +231,7 @@ def mr_transforms(
     flip_axes: Sequence[int] = (0, 1, 2),
     channel_windows: Mapping[int | str, Sequence[float]] | None = None,
     reorient: bool = True,
+    num_classes: int | None = None,
 ) -> Compose:
     """MR chain: z-score over non-zero voxels, each channel on its own (background stays 0); the channels in
     ``channel_windows`` (the CT channels of a CT + MR or CT + PET image) are clipped to their window and
@@ -209,6 +242,8 @@ def mr_transforms(
         pixdim: voxel spacing (mm, x y z) to resample to; None keeps each scan's own.
         roi_size: training patch size (train only).
         num_samples: patches drawn per volume (train only).
+        num_classes: label classes, background included (train only: patches are centred on each class in
+            turn).
         reader: reader for the image and non-SEG labels, the only one tried; None lets MONAI choose by
             file type. A DICOM SEG label is read onto the image's series either way.
         flip_axes: RAS axes mirrored at random in training (0 left-right, 1 posterior-anterior, 2
@@ -238,6 +273,7 @@ def mr_transforms(
         crop_before_intensity=True,
         flip_axes=flip_axes,
         reorient=reorient,
+        num_classes=num_classes,
     )
 
 
@@ -248,6 +284,7 @@ def image2d_transforms(
     roi_size: Sequence[int] = DEFAULT_ROI_2D,
     num_samples: int = 4,
     flip_axes: Sequence[int] = (0, 1),
+    num_classes: int = 2,
 ) -> Compose:
     """2D chain for PNG/TIFF images and binary masks (the reference document's case), read with PILReader.
 
@@ -262,6 +299,7 @@ def image2d_transforms(
         roi_size: training patch size (train only).
         num_samples: patches drawn per image (train only).
         flip_axes: image axes mirrored at random in training (0 rows, 1 columns).
+        num_classes: must be 2: masks are binarised (background and foreground patches in turn).
 
     Example:
         >>> chain = image2d_transforms("train", roi_size=(128, 128), num_samples=2)
@@ -269,6 +307,8 @@ def image2d_transforms(
     """
     if pixdim is not None:
         raise ValueError(f"the image2d preset does not resample; pass pixdim=None, got {pixdim}")
+    if num_classes != 2:
+        raise ValueError(f"the image2d preset binarises its masks (2 classes); got num_classes={num_classes}")
     keys = _keys(mode)
     _check_common(2, pixdim, roi_size, num_samples)
     _check_flip_axes(flip_axes, 2)
@@ -287,9 +327,7 @@ def image2d_transforms(
                 padding_mode="zeros",
             ),
             SpatialPadd(keys, spatial_size=roi_size),
-            RandCropByPosNegLabeld(
-                keys, label_key="label", spatial_size=roi_size, num_samples=num_samples, image_key="image"
-            ),
+            *_class_balanced_crops(keys, roi_size, num_samples, num_classes),
             *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
         ]  # fmt: skip

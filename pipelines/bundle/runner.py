@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 
 from attnunet.atomic import atomic_output
 from attnunet.pipelines.bundle.paths import bundle_template_dir
+from attnunet.pipelines.data.files import check_writable_folder
 from attnunet.pipelines.engines.config import TrainConfig, TrainResult
 from attnunet.pipelines.engines.training import train
 
@@ -81,6 +82,7 @@ def _original(error: RuntimeError) -> BaseException:
 def train_to(config: TrainConfig, model_path: str | os.PathLike | None = None) -> TrainResult:
     """:func:`~attnunet.pipelines.engines.training.train`, then the best checkpoint copied to
     ``model_path`` (a bundle's ``models/model.pt``) when one is given, on rank 0 only."""
+    check_writable_folder(config.output)  # before the data is checked and cached, not at the first epoch
     result = train(config)
     if model_path is not None and int(os.environ.get("RANK", "0")) == 0:
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)

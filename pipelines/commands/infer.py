@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--largest-component",
         action="store_true",
-        help="keep the largest connected component per class (default: off)",
+        help="keep the largest connected component per class, or per region (default: off)",
     )
     parser.add_argument(
         "--probabilities",

@@ -45,12 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "else a word (norm=instance); repeat for more (default: the plan's widths)")  # fmt: skip
     add("--preset-option", action="append", metavar="KEY=VALUE", default=[],
         help="preset argument, same syntax, e.g. a_min=-200 (default: the plan's CT window)")  # fmt: skip
-    add("--out-channels", type=int, help="1 for one binary (sigmoid, BCE) output (default: one per class)")
+    add(
+        "--out-channels",
+        type=int,
+        help="1 for one binary (sigmoid, BCE) output (default: one per class, or one per region)",
+    )
     add(
         "--loss",
         default=d.loss,
         choices=LOSSES,
-        help="loss (default: %(default)s: DiceCE, or BCE for 1 output)",
+        help="loss (default: %(default)s: DiceCE, or BCE for 1 output, or Dice + BCE for regions)",
     )
     add("--epochs", type=int, default=d.epochs, help="total epochs (default: %(default)s)")
     add("--val-every", type=int, default=d.val_every, help="validate every N epochs (default: %(default)s)")
@@ -83,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     add("--experiment", default=d.experiment, help="MLflow experiment (default: %(default)s)")
     add("--artifact-location", help="artifact root of a new experiment (default: mlartifacts/ by sqlite)")
-    add("--run-name", help="MLflow run name (default: MLflow's generated name)")
+    add("--run-name", help="MLflow run name (default: EXPERIMENT-DATE-TIME-XXXX, one per run)")
     add("--register", metavar="NAME", help="register the best model under NAME (default: not registered)")
     add("--alias", default=d.alias, help="registry alias, moved only to better models (default: %(default)s)")
     add("--force-alias", action="store_true", help="move --alias even to a worse model (default: off)")
@@ -123,6 +127,6 @@ def run(args: argparse.Namespace) -> int:
             f"checkpoints in {result.best_checkpoint.parent}"
         )
         if result.run_id:
-            model = result.model_uri or "not logged (the tracking store failed, see the warning above)"
+            model = result.model_uri or f"not sent (see the warning above; 'attnunet sync {args.output}')"
             print(f"MLflow run {result.run_id} in {result.tracking_uri}; model: {model}")
     return 0

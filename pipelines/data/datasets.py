@@ -27,9 +27,11 @@
   different label folder holds field-of-view masks (DRIVE's ``mask/21_training_mask.gif``), given as
   ``item["fov"]``.
 
-Class names come from ``dataset.json``; otherwise a DICOM SEG label's values are its segment numbers and
-its classes are named after its segments (the same number must have the same name in every SEG),
-other volumes get ``class_<k>`` for each value found in the labels, and 2D masks are binary.
+Class names come from ``dataset.json``; nnU-Net v2's regions there (``labels`` entries that list several
+values, with ``regions_class_order``) are kept as :class:`~attnunet.regions.Regions`, their label values
+named after a region of that one value or ``class_<k>``. Otherwise a DICOM SEG label's values are its
+segment numbers and its classes are named after its segments (the same number must have the same name in
+every SEG), other volumes get ``class_<k>`` for each value found in the labels, and 2D masks are binary.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from monai.utils import look_up_option
 from attnunet.pipelines.data.files import CHANNEL_SUFFIX, case_name, channel_groups, match_by_leading_token
 from attnunet.pipelines.data.label_classes import classes_from_labels
 from attnunet.pipelines.data.validation import DataValidationError
+from attnunet.regions import Regions
 from attnunet.transforms.dicom_series import subfolders
 from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
 from attnunet.transforms.headers import read_header
@@ -90,6 +93,8 @@ class DatasetIndex:
             ``"image2d"``.
         test_items: unlabelled test cases (``{"image": ...}``) an MSD ``dataset.json`` lists or an
             nnU-Net ``imagesTs/`` holds.
+        regions: the regions its ``dataset.json`` declares (nnU-Net's region-based training), else None;
+            ``labels`` then names every value 0 .. the largest a region names.
     """
 
     items: list[dict[str, Any]]
@@ -98,6 +103,7 @@ class DatasetIndex:
     root: Path
     layout: str = "pairs"
     test_items: list[dict[str, Any]] = field(default_factory=list)
+    regions: Regions | None = None
 
 
 def discover_dataset(path: str | os.PathLike) -> DatasetIndex:
@@ -233,21 +239,10 @@ def _channel_image(files: Sequence[Path]) -> str | list[str]:
     return paths[0] if len(paths) == 1 else paths
 
 
-def _class_names(description_file: Path, raw_labels: object) -> dict[str, str]:
+def _class_names(description_file: Path, raw_labels: dict) -> dict[str, str]:
     """Class index (as str) -> name, from MSD's ``{"0": "background"}`` or nnU-Net v2's
-    ``{"background": 0}``."""
-    if not isinstance(raw_labels, dict) or not raw_labels:
-        raise DataValidationError(
-            f"{description_file}: 'labels' must map class values to names, got {raw_labels!r}"
-        )
-    regions = [name for name, value in raw_labels.items() if isinstance(value, (list, tuple))]
-    if regions:
-        raise DataValidationError(
-            f"{description_file}: labels {regions} are regions (lists of label values, nnU-Net's "
-            "region-based training); attnunet trains one class per label value: declare each value "
-            'once (e.g. {"background": 0, "edema": 1, ...}) and score unions with '
-            "attnunet evaluate --region NAME=V,V"
-        )
+    ``{"background": 0}`` (a one-value list ``[1]`` is that value, as nnU-Net reads it)."""
+    raw_labels = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in raw_labels.items()}
     try:
         if all(isinstance(v, int) for v in raw_labels.values()):
             return {str(v): str(k) for k, v in sorted(raw_labels.items(), key=lambda kv: kv[1])}
@@ -259,9 +254,48 @@ def _class_names(description_file: Path, raw_labels: object) -> dict[str, str]:
         ) from None
 
 
-def _from_description(root: Path) -> DatasetIndex:
-    """An MSD, nnU-Net v1 or nnU-Net v2 folder, told apart by its ``dataset.json``."""
-    description_file = root / "dataset.json"
+def _regions(description_file: Path, description: dict) -> Regions | None:
+    """nnU-Net v2's regions: every non-background ``labels`` entry, in the file's order, when one of them
+    lists several label values; None for plain labels."""
+    raw = description["labels"]
+    if not any(isinstance(value, list) and len(value) > 1 for value in raw.values()):
+        return None
+    entries = {name: value if isinstance(value, list) else [value] for name, value in raw.items()}
+    if not all(type(v) is int and v >= 0 for values in entries.values() for v in values):
+        raise DataValidationError(
+            f"{description_file}: region labels must be label values or lists of them "
+            f'({{"background": 0, "whole_tumor": [1, 2, 3], "enhancing_tumor": 3}}), got {raw!r}'
+        )
+    foreground = {name: values for name, values in entries.items() if values != [0]}
+    order = description.get("regions_class_order")
+    if order is None:
+        raise DataValidationError(
+            f"{description_file}: labels {list(foreground)} are regions (lists of label values); add "
+            f"'regions_class_order', the label value written for each of them in that order (nnU-Net's "
+            "BraTS: [1, 2, 3])"
+        )
+    if not isinstance(order, list) or len(order) != len(foreground) or any(type(v) is not int for v in order):
+        raise DataValidationError(
+            f"{description_file}: 'regions_class_order' must list one label value per region "
+            f"({len(foreground)}: {', '.join(foreground)}), got {order!r}"
+        )
+    return Regions(tuple(foreground), tuple(tuple(values) for values in foreground.values()), tuple(order))
+
+
+def _region_label_names(raw_labels: dict, regions: Regions) -> dict[str, str]:
+    """Every label value a region dataset's cases may hold, named after the region of that one value, the
+    background entry, or ``class_<k>`` (value 1 of BraTS's nested regions is whole tumour minus core)."""
+    named = {
+        region[0]: name
+        for name, region in zip(regions.names, regions.values, strict=True)
+        if len(region) == 1
+    }
+    named[0] = next((name for name, value in raw_labels.items() if value in (0, [0])), "background")
+    return {str(v): named.get(v, f"class_{v}") for v in range(regions.num_classes)}
+
+
+def _description(description_file: Path) -> dict:
+    """A ``dataset.json``'s content, with a ``labels`` mapping."""
     try:
         description = json.loads(description_file.read_text())
     except ValueError as error:
@@ -271,7 +305,22 @@ def _from_description(root: Path) -> DatasetIndex:
             f"{description_file} has no 'labels'; an MSD dataset.json has 'labels', 'modality' and "
             "'training', an nnU-Net v2 one 'labels', 'channel_names', 'numTraining' and 'file_ending'"
         )
-    labels = _class_names(description_file, description["labels"])
+    if not isinstance(description["labels"], dict) or not description["labels"]:
+        raise DataValidationError(
+            f"{description_file}: 'labels' must map class values to names, got {description['labels']!r}"
+        )
+    return description
+
+
+def _from_description(root: Path) -> DatasetIndex:
+    """An MSD, nnU-Net v1 or nnU-Net v2 folder, told apart by its ``dataset.json``."""
+    description_file = root / "dataset.json"
+    description = _description(description_file)
+    regions = _regions(description_file, description)
+    if regions is None:
+        labels = _class_names(description_file, description["labels"])
+    else:
+        labels = _region_label_names(description["labels"], regions)
     declared = description.get("channel_names") or description.get("modality") or {}
     try:
         channels = [str(declared[k]) for k in sorted(declared, key=int)]
@@ -281,13 +330,16 @@ def _from_description(root: Path) -> DatasetIndex:
             f"{declared!r}"
         ) from None
     if "training" in description:
-        return _from_msd(root, description, labels, channels)
-    if not channels:
+        index = _from_msd(root, description, labels, channels)
+    elif not channels:
         raise DataValidationError(
             f"{description_file} has no 'training' list (MSD) and no 'channel_names' (nnU-Net v2); add "
             "the one its layout needs"
         )
-    return _from_nnunet(root, description, labels, channels)
+    else:
+        index = _from_nnunet(root, description, labels, channels)
+    index.regions = regions
+    return index
 
 
 def _from_msd(root: Path, description: dict, labels: dict[str, str], channels: list[str]) -> DatasetIndex:

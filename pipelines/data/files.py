@@ -1,4 +1,5 @@
-"""Names and read errors of the files inference and evaluation handle.
+"""Names and read errors of the files inference and evaluation handle, and the output folders that
+training and inference write to (:func:`check_writable_folder`).
 
 A case is named by its image file without the image extension (``case_001.nii.gz`` -> ``case_001``).
 ``attnunet infer`` writes ``<case>.nii.gz`` and ``attnunet evaluate`` matches predictions to labels by
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ __all__ = [
     "CHANNEL_SUFFIX",
     "case_name",
     "channel_groups",
+    "check_writable_folder",
     "match_by_leading_token",
     "list_images",
     "innermost_cause",
@@ -140,3 +143,34 @@ def innermost_cause(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     return f"{type(error).__name__}: {error}"
+
+
+def check_writable_folder(folder: str | os.PathLike, option: str = "--output") -> None:
+    """Refuse an output folder that cannot be written, before any work is done.
+
+    The folder, or the nearest of its parents that exists, must be a folder in which a file can be
+    created: a folder is made and removed there, since permission bits say nothing for root or for a
+    read-only file system. Nothing is left behind.
+
+    Raises:
+        NotADirectoryError: a file stands where the folder (or one of its parents) would be.
+        PermissionError: nothing can be created there (permissions, a read-only file system).
+
+    Example:
+        >>> check_writable_folder(tempfile.gettempdir())
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"{option} {folder}: {existing} is a file, not a folder; choose another {option}"
+        )
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".attnunet-write-check-").cleanup()
+    except OSError as error:
+        raise PermissionError(
+            f"{option} {folder}: cannot write in {existing} ({error.strerror}); choose a folder you can "
+            f"write to as {option}"
+        ) from None

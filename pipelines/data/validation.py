@@ -6,12 +6,17 @@ say), image/label shape or geometry mismatches. The second decodes the data with
 readers the presets use (``monai.transforms.LoadImage``): truncated files, NaN or infinite values, and
 label values that are not among the declared classes. All problems of a pass are reported together
 in one :class:`DataValidationError`.
+
+:func:`check_class_values` and :func:`declared_channels` are the dataset-level checks; ``attnunet plan``
+and ``attnunet train`` both run them, so a dataset one accepts the other does not refuse.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -20,7 +25,10 @@ from attnunet.transforms import readers  # noqa: F401  (registers SimpleITKReade
 from attnunet.transforms.formats import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES
 from attnunet.transforms.headers import ImageHeader, loader_for, read_header
 
-__all__ = ["DataValidationError", "validate_items"]
+if TYPE_CHECKING:  # datasets imports this module's error
+    from attnunet.pipelines.data.datasets import DatasetIndex
+
+__all__ = ["DataValidationError", "check_class_values", "declared_channels", "validate_items"]
 
 MAX_LISTED = 20
 
@@ -43,6 +51,39 @@ class DataValidationError(ValueError):
                 f"{len(self.problems)} problems in the data (fix them and run again):\n  - {listed}{more}"
             )
         super().__init__(message)
+
+
+def check_class_values(data: str, labels: Mapping[str, str]) -> None:
+    """The classes of the dataset at ``data`` must be 0..K-1 with K >= 2: one network output per class
+    index (a label map {0, 1, 4} would index an output the network does not have)."""
+    if len(labels) < 2:
+        raise DataValidationError(
+            f"{data}: a segmentation needs at least 2 classes (background + one), got {dict(labels)}"
+        )
+    values = sorted(int(v) for v in labels)
+    if values != list(range(len(values))):
+        renumbered = ", ".join(f"{v} -> {i}" for i, v in enumerate(values) if v != i)
+        raise DataValidationError(
+            f"{data}: the label values are {values}, not 0..{len(values) - 1}; the network has one "
+            f"output per class index, so renumber the labels ({renumbered}) and name the classes in a "
+            "dataset.json"
+        )
+
+
+def declared_channels(index: DatasetIndex) -> dict[str, Any]:
+    """:func:`validate_items`' expected channels when an MSD ``dataset.json`` declares its modalities."""
+    if index.layout != "msd":
+        return {}
+    description = index.root / "dataset.json"
+    declared = json.loads(description.read_text())
+    modalities = declared.get("modality") or declared.get("channel_names") or {}
+    if not modalities:
+        return {}
+    names = ", ".join(str(modalities[k]) for k in sorted(modalities, key=int))
+    return {
+        "in_channels": len(modalities),
+        "channels_from": f"{description} 'modality' lists {len(modalities)}: {names}",
+    }
 
 
 def _rounded(values) -> list[float]:

@@ -26,7 +26,7 @@ from nibabel.orientations import io_orientation
 from torch import nn
 
 from attnunet.pipelines.data.datasets import DatasetIndex, discover_dataset
-from attnunet.pipelines.data.validation import DataValidationError, validate_items
+from attnunet.pipelines.data.validation import check_class_values, declared_channels, validate_items
 from attnunet.pipelines.engines.config import TrainConfig, resolve_config
 from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
@@ -48,6 +48,11 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # One JSON record per finished epoch, beside the checkpoints, whatever the tracking store does.
 METRICS_FILE = "metrics.jsonl"
+# The resolved config's record of options changed on --resume: {epoch resumed after: {option: new value}},
+# so MLflow keeps the run's first parameters and gets each change as "resumed.<epoch>.<option>".
+RESUMED = "resumed"
+# Options that choose the validation cases: changed on resume, cases trained on would be validated on.
+SPLIT_OPTIONS = ("seed", "val_fraction")
 
 
 @dataclass
@@ -75,7 +80,10 @@ def check_output(output: Path, resume: bool) -> Path:
             f"{output} already holds a training run ({last}); pass --resume to continue it "
             "or choose another --output"
         )
-    for name in (CONFIG_FILE, METRICS_FILE):  # a run that never finished an epoch, or someone's file
+    if _stopped_before_a_checkpoint(output):
+        logger.info("%s holds a run that stopped before its first checkpoint; starting it again", output)
+        return last
+    for name in (CONFIG_FILE, METRICS_FILE):  # someone's file, or a run into another folder
         if (output / name).exists():
             raise FileExistsError(
                 f"{output / name} already exists and would be overwritten; choose another --output "
@@ -84,22 +92,20 @@ def check_output(output: Path, resume: bool) -> Path:
     return last
 
 
+def _stopped_before_a_checkpoint(output: Path) -> bool:
+    """Whether ``output``'s config file is a run's own, written for this very folder: a run that failed or
+    was killed before its first ``last.pt``, which its rerun replaces (with its metrics file)."""
+    try:
+        saved = json.loads((output / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(saved, dict) and saved.get("output") == str(output.resolve())
+
+
 def _checked_labels(config: TrainConfig, index: DatasetIndex) -> dict[str, str]:
-    """The dataset's classes, checked against ``out_channels``: their values must be 0..K-1, one network
-    output per value (a label map {0, 1, 4} would index an output the network does not have)."""
+    """The dataset's classes (0..K-1, :func:`check_class_values`), checked against ``out_channels``."""
     labels = dict(index.labels)
-    if len(labels) < 2:
-        raise ValueError(
-            f"{config.data}: a segmentation needs at least 2 classes (background + one), got {labels}"
-        )
-    values = sorted(int(v) for v in labels)
-    if values != list(range(len(values))):
-        renumbered = ", ".join(f"{v} -> {i}" for i, v in enumerate(values) if v != i)
-        raise DataValidationError(
-            f"{config.data}: the label values are {values}, not 0..{len(values) - 1}; the network has one "
-            f"output per class index, so renumber the labels ({renumbered}) and name the classes in a "
-            "dataset.json"
-        )
+    check_class_values(config.data, labels)
     out_channels = config.out_channels or len(labels)
     if out_channels == 1 and len(labels) != 2:
         raise ValueError(
@@ -110,22 +116,6 @@ def _checked_labels(config: TrainConfig, index: DatasetIndex) -> dict[str, str]:
             f"out_channels must be 1 or the number of classes ({len(labels)}), got {out_channels}"
         )
     return labels
-
-
-def _declared_channels(index: DatasetIndex) -> dict[str, Any]:
-    """``validate_items``' expected channels when an MSD ``dataset.json`` declares its modalities."""
-    if index.layout != "msd":
-        return {}
-    description = index.root / "dataset.json"
-    declared = json.loads(description.read_text())
-    modalities = declared.get("modality") or declared.get("channel_names") or {}
-    if not modalities:
-        return {}
-    names = ", ".join(str(modalities[k]) for k in sorted(modalities, key=int))
-    return {
-        "in_channels": len(modalities),
-        "channels_from": f"{description} 'modality' lists {len(modalities)}: {names}",
-    }
 
 
 def resampled_sizes(headers: Sequence[ImageHeader], pixdim: Sequence[float] | None) -> np.ndarray:
@@ -180,21 +170,49 @@ def _fitted_patch(
     return roi
 
 
+def _record_resumed_changes(resolved: dict[str, Any], resumed: dict[str, Any], rank: int) -> None:
+    """Add to ``resolved`` the options that differ from the resumed checkpoint's (they are applied), under
+    :data:`RESUMED`; refuse a changed :data:`SPLIT_OPTIONS`."""
+    before, epoch = resumed["config"], int(resumed["epoch"])
+    changed = {k: v for k, v in resolved.items() if k not in ("resume", RESUMED) and before.get(k) != v}
+    for name in SPLIT_OPTIONS:
+        if name in changed:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"--resume: the run was trained with {flag} {before.get(name)}, the options now give "
+                f"{changed[name]}, which would change the validation cases; resume with {flag} "
+                f"{before.get(name)} or train into a new --output"
+            )
+    history = dict(before.get(RESUMED, {}))  # earlier resumes' changes
+    if changed:
+        history[str(epoch)] = changed
+        if rank == 0:
+            logger.info(
+                "--resume after epoch %d with changed options (applied, recorded as %s.%d.* in the config "
+                "and MLflow): %s", epoch, RESUMED, epoch,
+                ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in changed.items()),
+            )  # fmt: skip
+    if history:
+        resolved[RESUMED] = history
+
+
 def prepare_run(config: TrainConfig, resumed: dict[str, Any] | None, rank: int = 0) -> PreparedRun:
     """Check the classes, every case's files and a resumed checkpoint's network; fit the patch size (every
-    DDP rank does, ``rank`` 0 says so).
+    DDP rank does, ``rank`` 0 says so). Options a resume changes are recorded in the resolved config.
 
     Raises:
         ValueError: bad classes, bad files (:func:`~attnunet.pipelines.data.validation.validate_items`:
             each names the file, and the shape found and expected), or a resumed checkpoint trained with
-            another network.
+            another network or another split of the cases (``seed``, ``val_fraction``).
     """
     index = discover_dataset(config.data)
     labels = _checked_labels(config, index)
     headers = validate_items(
-        index.items, labels=labels, spatial_dims=len(config.roi_size), **_declared_channels(index)
+        index.items, labels=labels, spatial_dims=len(config.roi_size), **declared_channels(index)
     )
-    resolved = resolve_config(config, labels, headers[0].channels, config.out_channels or len(labels))
+    resolved = resolve_config(
+        config, labels, headers[0].channels, config.out_channels or len(labels), index.regions
+    )
     spec = _model_spec(config, resolved, resumed)
     set_determinism(seed=config.seed)  # the initial weights depend on the seed alone
     network = spec.build()
@@ -203,4 +221,6 @@ def prepare_run(config: TrainConfig, resumed: dict[str, Any] | None, rank: int =
         config = dataclasses.replace(config, roi_size=roi)
         resolved["roi_size"] = list(roi)
         spec = dataclasses.replace(spec, roi_size=roi)
+    if resumed is not None:
+        _record_resumed_changes(resolved, resumed, rank)
     return PreparedRun(config, labels, list(index.items), resolved, spec, network)

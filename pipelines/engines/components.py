@@ -5,7 +5,7 @@ here, so both run the same components.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,9 +18,11 @@ from monai.utils import convert_to_tensor, look_up_option
 
 from attnunet.pipelines.engines.config import LOSSES, SCHEDULERS
 from attnunet.pipelines.inference.apply import ValidationInferer, Windows
+from attnunet.regions import Regions
 from attnunet.spec import ModelSpec
 
 __all__ = [
+    "RegionLoss",
     "create_evaluator",
     "create_loss",
     "create_optimizer",
@@ -29,19 +31,58 @@ __all__ = [
     "prepare_batch",
 ]
 
+# nnU-Net's Dice: over the whole batch (a class absent from one patch adds no noisy per-patch term, so small
+# classes get a stable gradient) and over the foreground classes only (cross-entropy covers background).
+_DICE = {"to_onehot_y": True, "softmax": True, "include_background": False, "batch": True}
+
 # name -> MONAI loss for one softmax output per class (labels as class indices)
 _SOFTMAX_LOSSES: Mapping[str, Callable[[], torch.nn.Module]] = {
-    "dice_ce": lambda: DiceCELoss(to_onehot_y=True, softmax=True),
-    "dice_focal": lambda: DiceFocalLoss(to_onehot_y=True, softmax=True),
-    "dice": lambda: DiceLoss(to_onehot_y=True, softmax=True),
+    "dice_ce": lambda: DiceCELoss(**_DICE),
+    "dice_focal": lambda: DiceFocalLoss(**_DICE),
+    "dice": lambda: DiceLoss(**_DICE),
+}
+
+# A region model's Dice: each region's sigmoid, over the whole batch; every output is a region, none is
+# background to leave out.
+_REGION_DICE = {"sigmoid": True, "batch": True}
+
+# name -> MONAI losses summed on a region model's multi-hot targets. "dice_ce" composes Dice and BCE:
+# MONAI's DiceCELoss takes a softmax cross-entropy over several outputs, wrong for overlapping regions.
+_REGION_LOSSES: Mapping[str, Callable[[], list[torch.nn.Module]]] = {
+    "dice_ce": lambda: [DiceLoss(**_REGION_DICE), torch.nn.BCEWithLogitsLoss()],
+    "dice_focal": lambda: [DiceFocalLoss(**_REGION_DICE)],
+    "dice": lambda: [DiceLoss(**_REGION_DICE)],
+    "bce": lambda: [torch.nn.BCEWithLogitsLoss()],
 }
 
 
-def create_loss(name: str, out_channels: int) -> torch.nn.Module:
+class RegionLoss(torch.nn.Module):
+    """The sum of ``losses`` on one mask per region, made from the label map here: inside
+    ``DeepSupervisionLoss``, which resizes the label map to each scale by nearest neighbour first.
+
+    Args:
+        regions: the model's regions.
+        losses: MONAI losses of ``(B, R, *spatial)`` logits and region masks.
+    """
+
+    def __init__(self, regions: Regions, losses: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.regions = regions
+        self.losses = torch.nn.ModuleList(losses)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``input``: ``(B, R, *spatial)`` logits; ``target``: ``(B, 1, *spatial)`` label values."""
+        masks = self.regions.masks(target)
+        return sum(loss(input, masks) for loss in self.losses)
+
+
+def create_loss(name: str, out_channels: int, regions: Regions | None = None) -> torch.nn.Module:
     """The loss called ``name`` (one of :data:`~attnunet.pipelines.engines.config.LOSSES`).
 
     ``"auto"`` is ``DiceCELoss`` for one output per class and ``BCEWithLogitsLoss`` (the document's
     loss) for one binary output; ``"bce"`` needs that one output, the Dice losses need one per class.
+    With ``regions`` (one sigmoid output per region, as nnU-Net's region-based training) every name is a
+    :class:`RegionLoss`: ``"auto"`` and ``"dice_ce"`` are batch Dice + BCE, as nnU-Net trains regions.
     It is wrapped in MONAI's ``DeepSupervisionLoss``, which scores one tensor as the loss itself and
     the list a deeply supervised network gives in training (``AttentionUNet(deep_supervision=True)``,
     full resolution first) as the sum over its scales weighted 1, 1/2, 1/4 ..., the labels resized to
@@ -52,6 +93,9 @@ def create_loss(name: str, out_channels: int) -> torch.nn.Module:
         ('DiceCELoss', 'BCEWithLogitsLoss')
     """
     name = look_up_option(name, LOSSES)
+    if regions is not None:
+        losses = _REGION_LOSSES["dice_ce" if name == "auto" else name]()
+        return DeepSupervisionLoss(RegionLoss(regions, losses), weight_mode="exp")
     if name == "auto":
         name = "bce" if out_channels == 1 else "dice_ce"
     if (name == "bce") != (out_channels == 1):
@@ -92,12 +136,15 @@ def _pred_label(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return convert_to_tensor(pred, track_meta=False), convert_to_tensor(label, track_meta=False)
 
 
-def _discrete_pred_label(out_channels: int) -> Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]:
-    """Output transform for Dice: class indices for softmax outputs, a 0/1 mask for one sigmoid output."""
+def _discrete_pred_label(spec: ModelSpec) -> Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]:
+    """Output transform for Dice: class indices for softmax outputs, a 0/1 mask for one sigmoid output,
+    and for a region model a mask per region against the label values each region holds."""
 
     def transform(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, label = _pred_label(output)
-        return ((logits > 0).float() if out_channels == 1 else logits.argmax(dim=1, keepdim=True)), label
+        if spec.regions is not None:
+            return (logits > 0).float(), spec.regions.masks(label)
+        return ((logits > 0).float() if spec.out_channels == 1 else logits.argmax(dim=1, keepdim=True)), label
 
     return transform
 
@@ -118,13 +165,13 @@ def create_evaluator(
 
     The windows are inference's own (:class:`~attnunet.pipelines.inference.apply.ValidationInferer`:
     the same stitching of class probabilities, without test-time flips). Softmax outputs are scored on
-    the foreground classes from class indices; one sigmoid output on its mask.
+    the foreground classes from class indices; sigmoid outputs (one binary output, or one per region) on
+    their masks.
     """
-    out_channels = spec.out_channels
     dice_args = {
-        "include_background": out_channels == 1,
-        "num_classes": out_channels if out_channels > 1 else None,
-        "output_transform": _discrete_pred_label(out_channels),
+        "include_background": spec.sigmoid,  # a sigmoid output is never background
+        "num_classes": None if spec.sigmoid else spec.out_channels,
+        "output_transform": _discrete_pred_label(spec),
     }
     windows = Windows.for_model(
         spec, roi_size, overlap, sw_batch_size, tta=False, sw_device=str(device), device=str(device)

@@ -16,6 +16,7 @@ from attnunet.networks import network_arguments
 from attnunet.pipelines.data.datasets import CACHE_MODES
 from attnunet.pipelines.flags import flag
 from attnunet.pipelines.planning.plan import TRAIN_FIELDS, load_plan, plan_dataset, plan_options
+from attnunet.regions import Regions
 from attnunet.transforms.presets import PRESETS
 
 __all__ = [
@@ -49,8 +50,10 @@ class TrainConfig:
         network: name in :func:`attnunet.networks.list_networks`.
         network_kwargs: extra keyword arguments for the network (``init_features``, ``attention``...).
         preset_kwargs: extra keyword arguments for the transform preset (CT ``a_min``/``a_max``...).
-        out_channels: network outputs; None means one per class (softmax, ``DiceCELoss``). ``1`` with
-            two classes trains the document's single binary output with ``BCEWithLogitsLoss``.
+        out_channels: network outputs; None means one per class (softmax, ``DiceCELoss``), or one per
+            region (sigmoid, Dice + BCE) for a dataset whose ``dataset.json`` declares regions (nnU-Net's
+            region-based training). ``1`` with two classes trains the document's single binary output
+            with ``BCEWithLogitsLoss``.
         epochs: number of epochs (total, counting resumed ones).
         val_every: validate every N epochs (and after the last one).
         roi_size: training patch and sliding-window size; its length sets 2D or 3D. An axis larger than
@@ -63,18 +66,20 @@ class TrainConfig:
         weight_decay: Adam weight decay.
         scheduler: ``"cosine"`` (annealed to 0 over ``epochs``) or ``"constant"``.
         loss: name in :data:`LOSSES`; ``"auto"``: ``DiceCELoss`` for one output per class, the
-            document's ``BCEWithLogitsLoss`` for one binary output.
+            document's ``BCEWithLogitsLoss`` for one binary output, batch Dice + BCE for regions (every
+            name is then taken on each region's sigmoid).
         val_fraction: share of the cases held out for validation.
         seed: seed of the split, the weights and the random transforms; two CPU runs with the same
             seed give the same losses.
         resume: continue from ``output/checkpoints/last.pt``.
         track: log to MLflow (rank 0 only). Each call to the store is bounded (about 35 s at most, see
-            :mod:`attnunet.pipelines.tracking.store`); a store that fails mid-run gets one warning and the
-            run goes on without it, every epoch's record kept in ``output/metrics.jsonl`` as always.
+            :mod:`attnunet.pipelines.tracking.store`); a store that fails mid-run gets one warning, the run
+            goes on and sends what it logged meanwhile when the store is back (every epoch's record is
+            kept in ``output/metrics.jsonl`` as always, for ``attnunet sync``).
         tracking_uri: MLflow store; None means ``MLFLOW_TRACKING_URI`` or MLflow's default.
         experiment: MLflow experiment name.
         artifact_location: artifact root for the experiment if this run creates it (a folder or URI).
-        run_name: MLflow run name.
+        run_name: MLflow run name; None: ``EXPERIMENT-DATE-TIME-XXXX``, one per run.
         register: register the best model under this name in the MLflow model registry.
         alias: alias given to the registered version when its best ``val_mean_dice`` beats the version
             holding the alias (or none holds it).
@@ -213,9 +218,23 @@ class TrainResult:
     model_uri: str | None = None
 
 
-def resolve_config(config: TrainConfig, labels: dict[str, str], in_channels: int, out_channels: int) -> dict:
+def resolve_config(
+    config: TrainConfig,
+    labels: dict[str, str],
+    in_channels: int,
+    out_channels: int,
+    regions: Regions | None = None,
+) -> dict:
     """The run's config as saved beside the model and in MLflow: ``config`` with the data it met
-    (classes, channels) filled in, in plain JSON types."""
+    (classes, channels, the regions its ``dataset.json`` declares) filled in, in plain JSON types; a region
+    dataset has one output per region."""
+    if regions is not None:
+        if config.out_channels is not None:
+            raise ValueError(
+                f"out_channels={config.out_channels}: {config.data} declares regions "
+                f"({', '.join(regions.names)}), one sigmoid output each; leave out_channels unset"
+            )
+        out_channels = len(regions.names)
     resolved = dataclasses.asdict(config)
     resolved.update(
         data=str(Path(config.data).resolve()),
@@ -226,6 +245,7 @@ def resolve_config(config: TrainConfig, labels: dict[str, str], in_channels: int
         spatial_dims=len(config.roi_size),
         in_channels=in_channels,
         out_channels=out_channels,
+        regions=None if regions is None else regions.to_dict(),
     )
     return json.loads(json.dumps(resolved))  # plain JSON types only (tuples become lists)
 
@@ -281,5 +301,6 @@ def planned_config(plan: str | os.PathLike | None = "auto", **options: Any) -> T
     elif options.get("resume") and saved.is_file():
         found = load_plan(saved)
     else:
-        found = plan_dataset(options["data"], device=options.get("device"))
+        # the files' voxels are checked once, by the run itself (prepare_run), not here as well
+        found = plan_dataset(options["data"], device=options.get("device"), check_values=False)
     return config_from_plan(found, **options)

@@ -3,7 +3,8 @@
 - :class:`EpochStatistics`: the epoch's mean loss (ignite's ``Average``), throughput, learning rate and
   the share of time spent waiting for the loader (ignite's ``Timer``), averaged over DDP ranks.
 - :class:`TimeBudget`: re-sizes the number of epochs (and the cosine schedule) after every epoch so the
-  run ends in its budget; MONAI's ``LrScheduleHandler``, attached after it, steps the schedule.
+  run ends in its budget, and ends an epoch early when the budget runs out in it; MONAI's
+  ``LrScheduleHandler``, attached after it, steps the schedule.
 - :class:`EpochRecorder`: one record per epoch, written to ``metrics.jsonl`` and the checkpoints first and
   only then logged (and sent to MLflow), so a finished epoch is on disk whatever the tracking store does.
   MONAI's
@@ -120,6 +121,10 @@ class TimeBudget:
 
     Sized by :func:`further_epochs` from the epochs' own times (the median of the last three); the mean
     over ranks keeps DDP in step. ``choice`` records what it chose.
+
+    An epoch still running when only the last validation's time is left (a budget shorter than one epoch,
+    or setup that took it all) ends after its current step, with a warning: it is then validated and
+    checkpointed as the run's last, instead of running its remaining steps past the budget.
     """
 
     def __init__(
@@ -141,8 +146,23 @@ class TimeBudget:
     def attach(self, trainer: Engine, evaluator: Engine) -> None:
         evaluator.add_event_handler(Events.STARTED, self._start_validation)
         evaluator.add_event_handler(Events.COMPLETED, self._finish_validation)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_spent)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._validate_first, evaluator)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._resize, evaluator)
+
+    def _stop_when_spent(self, trainer: Engine) -> None:
+        """End the epoch after this step when the budget, less one validation, is spent (on every rank)."""
+        spent = time.perf_counter() - self.started + self._validation_seconds
+        if all_mean(float(spent >= self.budget_seconds), self.world) == 0.0:
+            return
+        state = trainer.state
+        step, steps = state.iteration - (state.epoch - 1) * state.epoch_length, state.epoch_length
+        logger.warning(
+            "time budget %.2f min spent in epoch %d after %d of its %d steps: the run ends with this epoch, "
+            "validated and checkpointed; give a larger --time-budget to train longer",
+            self.budget_seconds / 60, state.epoch, step, steps,
+        )  # fmt: skip
+        trainer.terminate_epoch()
 
     def _validate_first(self, trainer: Engine, evaluator: Engine) -> None:
         """Validate after epoch 1 when the interval skips it: the first choice counts a validation's time."""

@@ -12,7 +12,7 @@ references too). What this module adds is the run around them:
 - every epoch's record written to ``metrics.jsonl`` beside the checkpoints, then the checkpoints, then
   the record sent to MLflow through :class:`~attnunet.pipelines.tracking.mlflow_runs.RunTracker`, from
   rank 0 only; a tracking store that goes away mid-run gets one warning and the training goes on
-  (the records stay on disk, the end of the run logs nothing more);
+  (the records stay on disk and are sent when the store is back, or later by ``attnunet sync``);
 - every check that can refuse a run (:mod:`attnunet.pipelines.engines.checks`: files, dimensions and
   channels, a resumed checkpoint's network, an oversized patch clamped) before its MLflow run exists;
 - DDP under ``torchrun``: MONAI's ``partition_dataset`` splits the cases, the metrics are reduced
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +159,16 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         raise
 
 
-def _datasets(config: TrainConfig, splits: tuple[list[dict], list[dict]], rank: int, world: int) -> tuple:
+def _datasets(
+    config: TrainConfig, num_classes: int, splits: tuple[list[dict], list[dict]], rank: int, world: int
+) -> tuple:
     """Cached training and validation datasets of this rank's share of the cases."""
     train_items, val_items = splits
     preset_args = dict(config.preset_kwargs, pixdim=config.pixdim)
     train_transform = build_transforms(
-        config.preset, "train", roi_size=config.roi_size, num_samples=config.num_samples, **preset_args
-    )
+        config.preset, "train", roi_size=config.roi_size, num_samples=config.num_samples,
+        num_classes=num_classes, **preset_args,
+    )  # fmt: skip
     val_transform = build_transforms(config.preset, "val", **preset_args)
     if world > 1:  # MONAI's partitioning: every rank gets the same number of training cases
         train_items = partition_dataset(
@@ -190,7 +194,7 @@ class _Run:
             model = torch.nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[device.index] if device.type == "cuda" else None
             )
-        loss = create_loss(config.loss, spec.out_channels)
+        loss = create_loss(config.loss, spec.out_channels, spec.regions)
         self.optimizer = create_optimizer(self.network.parameters(), config.lr, config.weight_decay)
         self.scheduler = create_scheduler(self.optimizer, config.scheduler, config.epochs)
         amp = config.amp and device.type == "cuda"
@@ -213,10 +217,20 @@ class _Run:
             engine.logger.setLevel(logging.WARNING)
 
     def restore(self, resumed: dict[str, Any], epochs: int) -> None:
-        """Weights, optimiser, schedule, scaler and engine state of a ``last.pt``."""
+        """Weights, optimiser moments, scaler and engine state of a ``last.pt``; the optimiser's settings
+        and the schedule are this run's options (``--lr``, ``--weight-decay``, ``--scheduler``, and the
+        cosine's length from ``--epochs``), at the checkpoint's epoch."""
         self.network.load_state_dict(resumed["model"])
-        self.optimizer.load_state_dict(resumed["optimizer"])
-        self.scheduler.load_state_dict(resumed["scheduler"])
+        chosen = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(resumed["optimizer"])  # also brings back the old lr and settings
+        for group, settings in zip(self.optimizer.param_groups, chosen, strict=True):
+            group.update(settings)
+        # Not the saved schedule: it would keep the old length (a longer run's lr back up after reaching 0)
+        # and the old lr. The new one, placed at the checkpoint's epoch, anneals to 0 at the new last epoch.
+        with warnings.catch_warnings():  # stepped before any optimiser step, on purpose
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            for _ in range(int(resumed["epoch"])):
+                self.scheduler.step()
         if self.trainer.scaler is not None and resumed.get("scaler"):
             self.trainer.scaler.load_state_dict(resumed["scaler"])
         # ignite's engine state: the next run() starts at the epoch after the checkpointed one.
@@ -260,7 +274,8 @@ def _fit(
     config, resolved, spec, labels = prepared.config, prepared.resolved, prepared.spec, prepared.labels
     output = Path(config.output)
     set_determinism(seed=config.seed)
-    train_ds, val_ds = _datasets(config, splits, rank, world)
+    # crops are balanced over label values: a region dataset's labels name every value its regions hold
+    train_ds, val_ds = _datasets(config, len(spec.labels), splits, rank, world)
     run = _Run(prepared, device, world, (train_ds, val_ds))
     if resumed is not None:
         run.restore(resumed, config.epochs)
@@ -272,7 +287,11 @@ def _fit(
         output / CHECKPOINT_DIR,
         lambda: run.checkpoint(spec, resolved, tracker),
         budget.statistics if isinstance(budget, TimeBudget) else budget,
-        [labels[k] for k in sorted(labels, key=int) if k != "0"],
+        (  # the validation Dice's names: a region model's regions, else the foreground classes
+            list(spec.regions.names)
+            if spec.regions
+            else [labels[k] for k in sorted(labels, key=int) if k != "0"]
+        ),
         metrics_file=output / METRICS_FILE,
         resumed_epoch=int(resumed["epoch"]) if resumed is not None else 0,
         log_metrics=(lambda metrics, step: tracker.log_metrics(metrics, step=step)) if tracker else None,

@@ -10,7 +10,9 @@
    (:func:`attnunet.roi.fit_roi`), class probabilities averaged over flips along the axes the model was
    trained mirrored along (test-time augmentation), AMP on CUDA;
 3. :class:`~monai.transforms.Invertd` back to the scan's grid, argmax (or ``>= 0.5`` for one sigmoid
-   output) and optionally :class:`~monai.transforms.KeepLargestConnectedComponent`.
+   output; for a region model each region's sigmoid ``> 0.5``, its label value written region after
+   region, :meth:`attnunet.regions.Regions.label_map`) and optionally
+   :class:`~monai.transforms.KeepLargestConnectedComponent`.
 
 Validation during training runs step 2 alone on its already preprocessed volumes, without flips
 (:class:`ValidationInferer`).
@@ -109,8 +111,8 @@ class Segmentation(NamedTuple):
     """One scan's result, channel first, on the scan's own grid (its shape and affine in ``meta``).
 
     Attributes:
-        probabilities: ``(out_channels, *spatial)`` float32 class probabilities.
-        labels: ``(1, *spatial)`` class indices.
+        probabilities: ``(out_channels, *spatial)`` float32 class (a region model's: region) probabilities.
+        labels: ``(1, *spatial)`` class indices (a region model's label values).
     """
 
     probabilities: MetaTensor
@@ -194,7 +196,7 @@ def window_probabilities(
     )
     predictor = _predictor(
         network,
-        sigmoid=spec.out_channels == 1,
+        sigmoid=spec.sigmoid,
         flip_axes=_trained_flips(spec) if windows.tta else (),
         amp=plan.sw_device.type == "cuda" if amp is None else amp,
     )
@@ -211,17 +213,20 @@ def window_probabilities(
 
 def to_labels(probabilities: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """``(1, *spatial)`` class indices (uint8 below 256 classes): the argmax, first class on ties, or
-    ``>= 0.5`` for a model with one sigmoid output; a MetaTensor keeps its geometry.
+    ``>= 0.5`` for a model with one sigmoid output, or a region model's label map (each region ``> 0.5``,
+    as nnU-Net thresholds them); a MetaTensor keeps its geometry.
 
     One pass per class instead of ``argmax(dim=0)``: torch reduces over the channel axis of a large volume
     slowly (17 s for 3 x 512 x 512 x 300 on 2 cores, against about 1 s this way).
     """
     scores = probabilities.as_tensor() if isinstance(probabilities, MetaTensor) else probabilities
-    labels = torch.zeros((1, *scores.shape[1:]), dtype=torch.uint8 if len(scores) < 256 else torch.int32)
-    labels = labels.to(scores.device)
-    if spec.out_channels == 1:
-        labels[0] = scores[0] >= 0.5
+    if spec.regions is not None:
+        labels = spec.regions.label_map(scores > 0.5)
+    elif spec.out_channels == 1:
+        labels = (scores[:1] >= 0.5).to(torch.uint8)
     else:
+        labels = torch.zeros((1, *scores.shape[1:]), dtype=torch.uint8 if len(scores) < 256 else torch.int32)
+        labels = labels.to(scores.device)
         best = scores[0].clone()
         for index in range(1, len(scores)):
             better = scores[index] > best
@@ -241,9 +246,20 @@ def _preprocessing(spec: ModelSpec, series_uid: str | None) -> Compose:
 
 
 def _load(preprocess: Compose, scan: Any, name: str) -> dict[str, Any]:
-    """Read and preprocess one scan; a failure names the scan and its first cause, not MONAI's wrapper."""
+    """Read and preprocess one scan; a failure names the scan and its first cause, not MONAI's wrapper.
+
+    A scan with NaN or infinite voxels is refused: the intensity normalisation spreads them over the whole
+    image, and the network then outputs background everywhere, which reads as "no finding".
+    """
     try:
-        return preprocess({"image": scan})
+        loaded = preprocess({"image": scan}, end=1)  # every chain starts with its reader
+        bad = int((~torch.isfinite(torch.as_tensor(loaded["image"]))).sum())
+        if bad:
+            raise ValueError(
+                f"{name} has {bad} NaN or infinite voxels, which would make the whole label map background; "
+                "replace them (e.g. with numpy.nan_to_num, or the scanner's padding value) and run again"
+            )
+        return preprocess(loaded, start=1)
     except RuntimeError as error:  # MONAI wraps a transform's error as "applying transform <...>"
         raise ValueError(f"{name} cannot be read or preprocessed: {innermost_cause(error)}") from error
 
@@ -299,7 +315,8 @@ def apply_model(
         ``(probabilities, labels)`` with the scan's own shape and affine.
 
     Raises:
-        ValueError: the scan cannot be read or preprocessed, or does not fit the model (channels, dims).
+        ValueError: the scan cannot be read or preprocessed, has NaN or infinite voxels, or does not fit
+            the model (channels, dims).
 
     Example:
         >>> network, spec = load_model("models:/attnunet-demo@champion")  # doctest: +SKIP
@@ -327,6 +344,11 @@ def apply_model(
     if image.applied_operations:
         data = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)(data)
     probabilities = data["pred"]
+    if windows.largest_component and spec.regions is not None:
+        # each region keeps its own largest component (not each written value: an inner region's value
+        # covers only part of it), and the label map is written from the kept regions
+        largest = KeepLargestConnectedComponent(list(range(spec.out_channels)), is_onehot=True)
+        return Segmentation(probabilities, to_labels(largest(probabilities > 0.5), spec))
     labels = to_labels(probabilities, spec)
     if windows.largest_component:
         foreground = list(range(1, max(spec.out_channels, 2)))
@@ -338,7 +360,7 @@ class ValidationInferer(Inferer):
     """MONAI inferer for a ``SupervisedEvaluator``: :func:`window_probabilities` without flips, on
     volumes the ``"val"`` chain already preprocessed (labels on the same grid, nothing to invert).
 
-    It returns the log of the probabilities (softmax) or their logit (one sigmoid output): the
+    It returns the log of the probabilities (softmax) or their logit (sigmoid outputs): the
     evaluator's loss and Dice take logits, and ``softmax(log p) = p``, ``sigmoid(logit p) = p``, so they
     score exactly the probabilities that inference stitches.
     """
@@ -352,21 +374,32 @@ class ValidationInferer(Inferer):
         probabilities = torch.stack(
             [window_probabilities(network, self.spec, image, windows, amp=self.amp) for image in inputs]
         )
-        if self.spec.out_channels == 1:
+        if self.spec.sigmoid:
             return torch.logit(probabilities, eps=1e-6)
         return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
 
 
 def class_names(spec: ModelSpec) -> list[str]:
-    """The class names in index order (background first; two for one sigmoid output)."""
+    """The class names in index order (background first; two for one sigmoid output); a region model's
+    region names, one per output."""
+    if spec.regions is not None:
+        return list(spec.regions.names)
     return [spec.labels.get(str(index), str(index)) for index in range(max(spec.out_channels, 2))]
 
 
 def volumes_ml(labels: MetaTensor, spec: ModelSpec) -> dict[str, float]:
-    """Each class's volume in millilitres on the label map's grid (voxel count x voxel volume)."""
+    """Each class's (a region model's: region's) volume in millilitres on the label map's grid (voxel count x
+    voxel volume); a region holds every voxel labelled with one of its values."""
     dims = spec.spatial_dims  # a 2D picture's "volume" is its area in mm^2 / 1000
     voxel_mm3 = abs(float(np.linalg.det(np.asarray(labels.affine, dtype=np.float64)[:dims, :dims])))
-    counts = torch.bincount(labels.as_tensor().reshape(-1).long(), minlength=max(spec.out_channels, 2))
+    values = labels.as_tensor()
+    if spec.regions is not None:
+        counts = [
+            torch.isin(values, torch.tensor(region, device=values.device)).sum()
+            for region in spec.regions.values
+        ]
+    else:
+        counts = torch.bincount(values.reshape(-1).long(), minlength=max(spec.out_channels, 2))
     return {name: float(counts[index]) * voxel_mm3 / 1000.0 for index, name in enumerate(class_names(spec))}
 
 

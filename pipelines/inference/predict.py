@@ -22,6 +22,10 @@ Many scans: ``torchrun --nproc_per_node N -m attnunet infer ...`` splits the cas
 (one GPU each when there are GPUs); every output is checked by every rank before any is written, and
 each case is written by exactly one rank.
 
+A case whose file cannot be read or used is logged as one line naming it and skipped; every other case
+is still written, and the run then fails with the list of those cases (under ``torchrun``, rank 0 lists
+every rank's).
+
 Large scans: the windows run on the GPU while the whole volume and its stitching stay on the CPU when
 the volume would not fit in the free GPU memory (:mod:`attnunet.pipelines.inference.devices`).
 """
@@ -43,6 +47,7 @@ from tqdm import tqdm
 
 from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.models import load_model
+from attnunet.pipelines.data.files import check_writable_folder
 from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.flags import flag
 from attnunet.pipelines.inference.apply import BLEND_MODES, Windows, apply_model, write_nifti
@@ -58,6 +63,9 @@ logger = logging.getLogger(__name__)
 # Label-map formats: NIfTI in any input's geometry, or a DICOM SEG referencing a DICOM series input.
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "dicom-seg": ".dcm"}
 PROBABILITIES_DIR = "probabilities"
+# What one case's file raises when it cannot be read or used (apply_model names the file); anything else
+# (a full disk, a bug) stops the run.
+CASE_ERRORS = (ValueError, FileNotFoundError)
 
 
 def _write(image: torch.Tensor, path: Path, dtype: type) -> None:
@@ -147,7 +155,10 @@ def infer(
         the label-map paths written, one per case, in input order.
 
     Raises:
-        ValueError: not a model, bad options, or bad inputs (see :func:`discover_inputs`).
+        ValueError: not a model, bad options, or bad inputs (see :func:`discover_inputs`); or cases that
+            could not be segmented (all listed, raised once every other case is written; under
+            ``torchrun`` by rank 0 only).
+        NotADirectoryError, PermissionError: ``output_dir`` cannot be written.
         FileNotFoundError: an input or the model does not exist.
         FileExistsError: outputs exist and ``overwrite`` is False (all of them are listed).
 
@@ -158,6 +169,7 @@ def infer(
     tta, largest_component = flag("tta", tta), flag("largest_component", largest_component)
     probabilities, overwrite = flag("probabilities", probabilities), flag("overwrite", overwrite)
     progress = flag("progress", progress)
+    check_writable_folder(output_dir)
     network, spec = load_model(model, device="cpu", tracking_uri=tracking_uri)
     windows = Windows.for_model(
         spec, roi_size, overlap, sw_batch_size, blend=blend, tta=tta,
@@ -170,17 +182,30 @@ def infer(
     refuse_existing(label_paths + (probability_paths if probabilities else []), overwrite)
     rank, world = _join_ranks(device)  # under torchrun: every rank checked every output before any is written
     planned = list(zip(cases, label_paths, probability_paths, strict=True))[rank::world]
+    failures: list[str] = []
     for case, label_path, probability_path in tqdm(planned, desc="infer", unit="case", disable=not progress):
-        scores, labels = apply_model(
-            network, spec, case.image, windows, series_uid=case.series_uid, name=case.name, log=logger
-        )
+        try:
+            scores, labels = apply_model(
+                network, spec, case.image, windows, series_uid=case.series_uid, name=case.name, log=logger
+            )
+        except CASE_ERRORS as error:  # this case's file; the other cases are still segmented
+            failures.append(str(error).splitlines()[0])
+            logger.error("%s", failures[-1])
+            continue
         if output_format == "dicom-seg":
             _write_seg(labels, case, label_path, spec)
         else:
             _write(labels, label_path, np.uint8)
         if probabilities:
             _write(scores, probability_path, np.float32)
-    if world > 1:  # the cases of one rank are written; wait for the others, then leave the group
-        dist.barrier()
+    if world > 1:  # this rank's cases are done; rank 0 learns every rank's failures, then all leave
+        every_rank: list[list[str]] = [[] for _ in range(world)]
+        dist.all_gather_object(every_rank, failures)
+        failures = [failure for part in every_rank for failure in part]
         leave_distributed(world)
+    if failures and rank == 0:
+        raise ValueError(
+            f"{len(failures)} of {len(cases)} case(s) could not be segmented (the others are written): "
+            + "; ".join(failures)
+        )
     return label_paths

@@ -1,7 +1,8 @@
 """The dataset fingerprint ``attnunet plan`` starts from: headers of every case, voxel statistics of a sample.
 
-Every case's header is read (shape, spacing, channels); voxel statistics (foreground intensities, class
-frequencies) come from at most ``sample_cases`` cases spread over the dataset, so a 1,000-case CT set
+Every case's header is read (shape, spacing, channels) by the checks ``attnunet train`` makes
+(:func:`~attnunet.pipelines.data.validation.validate_items`); voxel statistics (foreground intensities,
+class frequencies) come from at most ``sample_cases`` cases spread over the dataset, so a 1,000-case CT set
 plans in minutes.
 """
 
@@ -17,7 +18,7 @@ from scipy import ndimage
 from attnunet.pipelines.data.datasets import DatasetIndex
 from attnunet.pipelines.data.files import innermost_cause
 from attnunet.pipelines.data.validation import DataValidationError
-from attnunet.transforms.headers import ImageHeader, binary_mask, loader_for, read_header
+from attnunet.transforms.headers import binary_mask, loader_for
 
 __all__ = [
     "FOREGROUND_SAMPLE_PER_CASE",
@@ -25,7 +26,6 @@ __all__ = [
     "channel_names",
     "class_frequencies",
     "declared_preset",
-    "read_headers",
     "voxel_statistics",
 ]
 
@@ -48,42 +48,6 @@ def declared_preset(index: DatasetIndex) -> str | None:
     if not names:
         return None
     return "ct" if all(name.upper() == "CT" for name in names) else "mr"
-
-
-def read_headers(index: DatasetIndex) -> list[ImageHeader]:
-    """The header of every case's image; every case must be labelled and of one kind (rank, channels)."""
-    missing = [item["image"] for item in index.items if not item.get("label")]
-    if missing:
-        raise DataValidationError(
-            [
-                f"{image}: this case has no label; planning needs every training case labelled"
-                for image in missing
-            ]
-        )
-    headers, problems = [], []
-    for item in index.items:
-        try:
-            headers.append(read_header(item["image"]))
-        except (ValueError, FileNotFoundError) as error:
-            problems.append(str(error))
-    if problems:
-        raise DataValidationError(problems)
-    first = headers[0]
-    odd = next(
-        (
-            h
-            for h in headers
-            if (len(h.spatial_shape), h.channels) != (len(first.spatial_shape), first.channels)
-        ),
-        None,
-    )
-    if odd is not None:
-        raise DataValidationError(
-            f"{odd.path} has {len(odd.spatial_shape)} spatial dims and {odd.channels} channel(s) but "
-            f"{first.path} has {len(first.spatial_shape)} and {first.channels}: the dataset mixes "
-            "modalities or image kinds; plan and train each kind separately"
-        )
-    return headers
 
 
 @dataclass(frozen=True)

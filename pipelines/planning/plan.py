@@ -25,6 +25,7 @@ import torch
 
 from attnunet.atomic import atomic_output
 from attnunet.pipelines.data.datasets import discover_dataset
+from attnunet.pipelines.data.validation import check_class_values, declared_channels, validate_items
 
 # Imported "as" themselves: constants that lived here before the split, re-exported.
 from attnunet.pipelines.planning.fingerprint import (
@@ -33,7 +34,6 @@ from attnunet.pipelines.planning.fingerprint import (
 from attnunet.pipelines.planning.fingerprint import (
     channel_names,
     class_frequencies,
-    read_headers,
     voxel_statistics,
 )
 from attnunet.pipelines.planning.rules import ANISOTROPY_RATIO as ANISOTROPY_RATIO
@@ -94,6 +94,7 @@ def plan_dataset(
     memory_budget_gb: float | None = None,
     device: str | None = None,
     seed: int = 0,
+    check_values: bool = True,
 ) -> dict[str, Any]:
     """Fingerprint the dataset at ``data`` and plan its training (:mod:`attnunet.pipelines.planning.rules`).
 
@@ -105,13 +106,18 @@ def plan_dataset(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; None picks CUDA when available. It sets the memory
             budget and the width (32 features on a GPU as the reference document, 16 on a CPU).
         seed: seed of the intensity sample.
+        check_values: decode every case for the checks ``attnunet train`` makes (NaN or infinite voxels,
+            truncated files, label values outside the classes); False checks the classes and headers only
+            (``train`` plans with False: it decodes every case itself before the first epoch).
 
     Returns:
         The plan, a JSON-ready dict.
 
     Raises:
-        DataValidationError: (a ``ValueError``) an empty folder, a case without a label, cases of mixed
-            kinds or modalities, label values outside the declared classes, unreadable headers.
+        DataValidationError: (a ``ValueError``) what ``attnunet train`` refuses, with the same message
+            (:func:`~attnunet.pipelines.data.validation.validate_items`: a case without a label, cases of
+            mixed kinds or modalities, a label on another grid than its image, unreadable or corrupt files,
+            NaN or infinite voxels; class values that are not 0..K-1), or an empty folder.
         ValueError: an unknown override or a bad argument.
 
     Example:
@@ -129,7 +135,12 @@ def plan_dataset(
         raise ValueError(f"sample_cases must be >= 1, got {sample_cases}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = discover_dataset(data)
-    headers = read_headers(index)
+    # train's own checks (every case labelled, of one kind, on its label's grid...): a plan is only made for
+    # data train accepts
+    check_class_values(str(data), index.labels)
+    headers = validate_items(
+        index.items, labels=index.labels, check_values=check_values, **declared_channels(index)
+    )
     reorient = reorients([h.affine for h in headers])
     stats = voxel_statistics(index, int(sample_cases), len(index.labels), seed, world=reorient)
     preset, preset_source = choose_preset(index, stats.darkest, overrides)
@@ -158,6 +169,7 @@ def plan_dataset(
         "normalisation": scheme,
         "preset_kwargs": dict(overrides.get("preset_kwargs", preset_kwargs)),
         "classes": class_frequencies(index.labels, stats.counts),
+        "regions": None if index.regions is None else index.regions.to_dict(),
         "device": device,
         **memory,
         "sampled_cases": stats.cases,
@@ -188,6 +200,13 @@ def _geometry(
     return fields, resampled
 
 
+def _in_plane(spacing: Sequence[float], sliced: int | None) -> list[float]:
+    """The spacing the pooling and kernel rules see: a 2D configuration's slice axis as infinitely coarse,
+    so it is neither pooled nor convolved across, and its thickness does not stop the in-plane pooling
+    (CHAOS' 7.7 mm slices would otherwise end a 1.25 mm plane's pooling at 16 mm, after three levels)."""
+    return [math.inf if axis == sliced else float(s) for axis, s in enumerate(spacing)]
+
+
 def _training(
     median_shape: Sequence[int],
     spacing: Sequence[float],
@@ -205,14 +224,16 @@ def _training(
     crops = None
     if roi_size is None:
         shape = [1 if axis == sliced else s for axis, s in enumerate(median_shape)]
-        roi_size = choose_patch(shape, spacing, overrides.get("depth"), init_features, budget)
+        roi_size = choose_patch(
+            shape, _in_plane(spacing, sliced), overrides.get("depth"), init_features, budget
+        )
         # a 2D configuration's patches are 2D: on a CPU they are capped as 2D images' are
         roi_size, crops = cap_2d_patch(roi_size, 2 if sliced is not None else spatial_dims, device)
     roi_size = [int(r) for r in roi_size]
-    sliced = sliced if sliced is not None and roi_size[sliced] == 1 else None
-    pools, kernels = pool_and_kernel_sizes(roi_size, spacing, overrides.get("depth"))
-    if sliced is not None:  # one slice: nothing to convolve across it
-        kernels = [[1 if axis == sliced else k for axis, k in enumerate(level)] for level in kernels]
+    # one slice thick along one axis (the rule's, or a given roi_size such as [256, 256, 1]): 2D configuration
+    ones = [axis for axis, r in enumerate(roi_size) if r == 1]
+    sliced = ones[0] if spatial_dims == 3 and len(ones) == 1 else None
+    pools, kernels = pool_and_kernel_sizes(roi_size, _in_plane(spacing, sliced), overrides.get("depth"))
     per_sample = math.prod(roi_size) * bytes_per_voxel(init_features, pools)
     patches = patches_per_batch(roi_size, per_sample, float(np.sum(np.prod(resampled, axis=1))), budget)
     num_samples = int(overrides.get("num_samples", crops or 2))
@@ -321,5 +342,16 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         (f"class {key}", f"{c['name']}: {100 * c['frequency']:.3f}% of voxels")
         for key, c in plan["classes"].items()
     ]
+    regions = plan.get("regions")  # None, or absent from a plan written before regions were trained
+    if regions:
+        rows += [
+            (
+                f"region {name}",
+                f"labels {', '.join(map(str, values))}: one sigmoid output, written as {value}",
+            )
+            for name, values, value in zip(
+                regions["names"], regions["values"], regions["class_order"], strict=True
+            )
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

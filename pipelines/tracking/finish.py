@@ -2,6 +2,7 @@
 (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`: the best checkpoint as the run's
 ``checkpoints/best.pt``, which :func:`attnunet.load_model` rebuilds a registered model from, and the
 logged, optionally registered model whose pyfunc segments scans and whose pytorch flavor is the network).
+``result.model_uri`` stays None when the store was away until the end: ``attnunet sync`` sends the rest.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ def finish_run(result: TrainResult, tracker: RunTracker, sample: dict[str, Any],
         title=f"validation case, best epoch {result.best_epoch} (mean Dice {result.best_metric:.3f})",
     )
     tracker.log_artifact(overlay, artifact_path="overlays")
-    # Under the tracker's rules: a failing store is warned about once and not asked again; the alias
-    # moves only to a better run (or forced).
-    result.model_uri = tracker.log_model(result.best_checkpoint, register=config.register, alias=config.alias)
-    result.run_id, result.tracking_uri = tracker.run_id, tracker.tracking_uri
+    # Under the tracker's rules: what a store that is away misses is sent when it is back (ending the run
+    # waits a while for it); the alias moves only to a better run (or forced).
+    tracker.log_model(result.best_checkpoint, register=config.register, alias=config.alias)
     tracker.end("FINISHED")
+    result.model_uri, result.run_id, result.tracking_uri = (
+        tracker.model_uri,
+        tracker.run_id,
+        tracker.tracking_uri,
+    )

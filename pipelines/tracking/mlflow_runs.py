@@ -8,9 +8,12 @@ rank. Training needs one run that spans resumes (the run id is kept in the check
 only logging, and the model registry; :class:`RunTracker` is that small layer over MLflow's API.
 
 A store that fails mid-run (a server that went away, a full disk under a sqlite store) does not stop
-the training: the tracker warns once, naming where the run's records are kept on disk, and logs
-nothing more in this run (each call is bounded by
-:func:`~attnunet.pipelines.tracking.store.bounded_requests`).
+the training: the tracker warns once, naming where the run's records are kept on disk, holds back what
+the run logs from then on and sends it, in order, once the store answers again (each call is bounded by
+:func:`~attnunet.pipelines.tracking.store.bounded_requests`; while the store is away, it is asked again
+at most every :data:`RETRY_SECONDS`). Ending the run waits up to :data:`WAIT_AT_END_SECONDS` for it;
+what is still held back then stays on disk for ``attnunet sync``
+(:mod:`attnunet.pipelines.tracking.sync`).
 
 A registered model's alias (``champion``) moves to a new version only when that version's run has a
 better best :data:`KEY_METRIC` than the run of the version holding it, unless ``force_alias``.
@@ -23,17 +26,20 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import mlflow
 import requests
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from attnunet.pipelines.tracking.serving import log_segmentation_model
 from attnunet.pipelines.tracking.store import (
+    HTTP_LIMITS,
     OFFLINE_HTTP_LIMITS,
     beside_the_database,
     bounded_requests,
@@ -50,6 +56,7 @@ __all__ = [
     "check_tracking_server",
     "flatten_params",
     "resolve_tracking_uri",
+    "what_failed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,10 @@ KEY_METRIC = "val_mean_dice"
 # What a failing store raises: MLflow's own errors (HTTP and SQL ones are wrapped in them), requests' and
 # the file system's.
 STORE_ERRORS = (MlflowException, requests.RequestException, OSError)
+# While the store is away, records are held back and it is asked again at most this often (one short try).
+RETRY_SECONDS = 10.0
+# How long ending a run waits for a store that is away, to send what was held back (a server restart).
+WAIT_AT_END_SECONDS = 60.0
 _T = TypeVar("_T")
 
 
@@ -92,8 +103,9 @@ class RunTracker:
     """One MLflow run of a training job: parameters, metrics, artifacts, model and registry.
 
     Every call to the store is bounded (:func:`~attnunet.pipelines.tracking.store.bounded_requests`). The
-    first one that fails warns once and turns the tracker offline: later calls log nothing and return
-    None, so a training whose store went away still finishes with its checkpoints.
+    first one that fails warns once and turns the tracker offline: that call and the later ones are held
+    back (they return None) and sent in order when the store answers again, so a training whose store went
+    away goes on with its checkpoints and its MLflow run misses nothing once the store is back.
 
     Args:
         tracking_uri: the store (see :func:`resolve_tracking_uri`); checked with
@@ -107,6 +119,8 @@ class RunTracker:
         force_alias: :meth:`log_model` moves the alias to the new version even when its best
             :data:`KEY_METRIC` does not beat the aliased version's.
         kept_on_disk: where the run's records stay when the store fails (named in the warning).
+        wait_at_end: seconds :meth:`end` waits for a store that is away (default
+            :data:`WAIT_AT_END_SECONDS`).
 
     Raises:
         ConnectionError: the store cannot be reached, or fails while the run starts.
@@ -128,10 +142,17 @@ class RunTracker:
         artifact_location: str | None = None,
         force_alias: bool = False,
         kept_on_disk: str | None = None,
+        wait_at_end: float | None = None,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         check_tracking_server(self.tracking_uri)
-        self.force_alias, self.kept_on_disk, self.offline = force_alias, kept_on_disk, False
+        self.force_alias, self.kept_on_disk = force_alias, kept_on_disk
+        self.wait_at_end = WAIT_AT_END_SECONDS if wait_at_end is None else wait_at_end
+        # What the run logged while the store was away, in order: (what it is, the call that sends it).
+        self._held: list[tuple[str, Callable[[], Any]]] = []
+        self._next_try = 0.0
+        # Where the logged model loads from, once it is logged (it may be sent after an outage).
+        self.model_uri: str | None = None
         self._restore = contextlib.ExitStack()  # closed in end(): the caller's MLflow URI comes back
         self._restore.enter_context(tracking_uri_set_to(self.tracking_uri))
         try:
@@ -142,7 +163,7 @@ class RunTracker:
             self._restore.close()
             raise ConnectionError(
                 f"MLflow tracking store {self.tracking_uri} failed when the run started "
-                f"({_what_failed(error)}); check the store, or train with --no-track"
+                f"({what_failed(error)}); check the store, or train with --no-track"
             ) from None
         except BaseException:
             self._restore.close()
@@ -154,6 +175,9 @@ class RunTracker:
     ) -> mlflow.ActiveRun:
         if run_id is not None:
             return mlflow.start_run(run_id=run_id)
+        # Not MLflow's generated name: the training seeds Python's random module before the run starts,
+        # which gave every run the same one.
+        run_name = run_name or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             return mlflow.start_run(experiment_id=found.experiment_id, run_name=run_name)
@@ -166,22 +190,50 @@ class RunTracker:
             experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
 
+    @property
+    def offline(self) -> bool:
+        """Whether records are held back because the store failed (and has not answered since)."""
+        return bool(self._held)
+
     def _call(self, doing: str, call: Callable[[], _T]) -> _T | None:
-        """``call()`` within the HTTP limits; None when offline, or when it fails (then warn, go offline)."""
-        if self.offline:
+        """``call()`` within the HTTP limits once what was held back before it is sent; held back (None)
+        while the store is away, and when it fails (then warn, once per outage)."""
+        if self._held and not self._send_held():
+            self._held.append((doing, call))
             return None
         try:
             with bounded_requests():
                 return call()
         except STORE_ERRORS as error:
-            self.offline = True
+            self._held.append((doing, call))
+            self._next_try = time.monotonic() + RETRY_SECONDS
             kept = f"; {self.kept_on_disk}" if self.kept_on_disk else ""
             logger.warning(
-                "MLflow tracking store %s failed while %s (%s); the run goes on without MLflow and logs "
-                "nothing more to it%s",
-                self.tracking_uri, doing, _what_failed(error), kept,
+                "MLflow tracking store %s failed while %s (%s); the run goes on and sends its records "
+                "when the store answers again%s",
+                self.tracking_uri, doing, what_failed(error), kept,
             )  # fmt: skip
             return None
+
+    def _send_held(self) -> bool:
+        """Send what was held back, in order, if the store answers (asked at most every
+        :data:`RETRY_SECONDS`, first with one short try); whether all of it is sent."""
+        if time.monotonic() < self._next_try:
+            return False
+        held = len(self._held)
+        while self._held:
+            limits = OFFLINE_HTTP_LIMITS if len(self._held) == held else HTTP_LIMITS
+            try:
+                with bounded_requests(limits):
+                    self._held[0][1]()
+            except STORE_ERRORS:
+                self._next_try = time.monotonic() + RETRY_SECONDS
+                return False
+            self._held.pop(0)
+        logger.info(
+            "MLflow tracking store %s answers again: %d held-back record(s) sent", self.tracking_uri, held
+        )
+        return True
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Log ``config`` as parameters (flattened) and, whole, as the ``config/config.json`` artifact."""
@@ -203,8 +255,12 @@ class RunTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Log scalar metrics at ``step`` (the epoch)."""
-        values = {key: float(value) for key, value in metrics.items()}
-        self._call(f"logging the metrics of step {step}", lambda: mlflow.log_metrics(values, step=step))
+        # Stamped now: sent after an outage, they keep the time they were measured.
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), stamp, step) for key, value in metrics.items()]
+        self._call(
+            f"logging the metrics of step {step}", lambda: self.client.log_batch(self.run_id, metrics=batch)
+        )
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path``)."""
@@ -220,14 +276,16 @@ class RunTracker:
         Returns:
             where the model loads from (``models:/NAME@ALIAS`` when the alias is on the new version,
             ``models:/NAME/VERSION``, or the logged model's URI when not registered); None when the
-            store has failed (offline).
+            store is away (the model is held back; :attr:`model_uri` has it once it is sent).
         """
-        return self._call(
-            "logging the model",
-            lambda: log_segmentation_model(
+
+        def log() -> str:
+            self.model_uri = log_segmentation_model(
                 checkpoint, register=register, alias=alias, place_alias=self._place_alias
-            ),
-        )
+            )
+            return self.model_uri
+
+        return self._call("logging the model", log)
 
     def _best(self, run_id: str) -> float | None:
         """The best (largest) :data:`KEY_METRIC` ``run_id`` logged, None when it logged none."""
@@ -263,15 +321,32 @@ class RunTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``) and give the caller's MLflow
-        URI back; offline, only MLflow's active run is cleared (one short try)."""
+        URI back. Offline, wait up to ``wait_at_end`` seconds for the store to send what was held back;
+        if it stays away, warn that it stays on disk, and clear MLflow's active run (one short try)."""
         try:
-            if not self.offline:
-                self._call(f"ending the run as {status}", lambda: mlflow.end_run(status=status))
-            if mlflow.active_run() is not None:  # offline: MLflow drops the active run before its call
+            self._call(f"ending the run as {status}", lambda: self._terminate(status))
+            deadline = time.monotonic() + self.wait_at_end
+            while self._held and not self._send_held() and time.monotonic() < deadline:
+                time.sleep(max(0.0, min(self._next_try, deadline) - time.monotonic()))
+            if self._held:
+                kept = f"{self.kept_on_disk}; " if self.kept_on_disk else ""
+                logger.warning(
+                    "MLflow tracking store %s did not answer within %.0f s: %d record(s) of run %s, from %s "
+                    "on, were not sent; %s'attnunet sync OUTPUT' sends them once the store answers",
+                    self.tracking_uri, self.wait_at_end, len(self._held), self.run_id, self._held[0][0], kept,
+                )  # fmt: skip
+        finally:
+            if mlflow.active_run() is not None:  # the store stayed away: MLflow still holds the run
                 with bounded_requests(OFFLINE_HTTP_LIMITS), contextlib.suppress(*STORE_ERRORS):
                     mlflow.end_run(status=status)
-        finally:
             self._restore.close()
+
+    def _terminate(self, status: str) -> None:
+        """Set the run's status in the store, and clear MLflow's active run."""
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
+        else:  # MLflow drops its active run before it calls the store, so a failed end is sent again here
+            self.client.set_terminated(self.run_id, status)
 
 
 # The part of a failed HTTP call's message that says what happened ("[Errno 111] Connection refused",
@@ -279,7 +354,7 @@ class RunTracker:
 _CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")]+|(?:Read|Connect) timed out\. \(\w+ timeout=[\d.]+\)")
 
 
-def _what_failed(error: BaseException) -> str:
+def what_failed(error: BaseException) -> str:
     """What went wrong, in one line: the cause of a failed HTTP call, else the message's first line cut to
     200 characters (MLflow's run over many lines)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -34,6 +34,7 @@ __all__ = [
     "OFFLINE_HTTP_LIMITS",
     "beside_the_database",
     "bounded_requests",
+    "check_store_exists",
     "check_tracking_server",
     "resolve_tracking_uri",
     "schema_created_once",
@@ -111,6 +112,29 @@ def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
         raise ConnectionError(
             f"MLflow tracking store {tracking_uri} is not usable ({error}); {_HINT}"
         ) from None
+
+
+def check_store_exists(tracking_uri: str, wanted: str) -> None:
+    """Refuse a local store that does not exist, before reading ``wanted`` from it: MLflow would create an
+    empty one (a new ``mlflow.db`` in the working folder) and then report the model missing.
+
+    A ``sqlite:///`` store needs its database file, a ``file:`` store (or a bare path) its folder; other
+    stores (a server, a database server) exist or fail on their own.
+
+    Raises:
+        FileNotFoundError: no store where ``tracking_uri`` points; the message says how to point at one.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        where = _database(tracking_uri)
+    elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        where = Path(urllib.request.url2pathname(tracking_uri.removeprefix("file://").removeprefix("file:")))
+    else:
+        return
+    if not where.exists():
+        raise FileNotFoundError(
+            f"{wanted}: no MLflow store at {where.resolve()} (tracking URI {tracking_uri}); point at the "
+            "store that holds it with --tracking-uri or MLFLOW_TRACKING_URI"
+        )
 
 
 @contextlib.contextmanager
