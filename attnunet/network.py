@@ -1,4 +1,4 @@
-"""The reference document's Attention U-Net, made to work in 2D and 3D (see ``shared/seed/README.md``)."""
+"""The Attention U-Net (a U-Net whose decoder uses non-local self-attention), in 2D and 3D."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ rebuilds it. Registered names:
 - ``attention_unet_3d_small``: as ``attention_unet_3d`` with ``init_features=16`` (CPU runs). Not 8: with
   8 channels in the full-resolution decoder stage that feeds the 1x1 head, training on real MR (MSD
   Hippocampus) lost one of the two foreground classes from 2 seeds of 3, and widening that one stage
-  to 16 alone fixed it (benchmarks/README.md, issue 10).
+  to 16 alone fixed it (benchmarks/README.md, "does every class get learnt?").
 - ``monai_attention_unet``, ``monai_unet``: MONAI's ``AttentionUnet`` and ``UNet`` with the same widths
   (``init_features * 2**i``, ``i = 0..depth``), as baselines.
 - ``nnunet_plain_conv_unet``: nnU-Net's own ``PlainConvUNet`` (``pip install --no-deps

@@ -337,6 +337,7 @@ def test_a_2d_patch_is_capped_on_a_cpu_only():
     assert cap_2d_patch([576, 608], 2, "cpu") == ([256, 256], CPU_2D_CROPS)
     assert cap_2d_patch([576, 128], 2, "cpu") == ([256, 128], CPU_2D_CROPS)  # a short axis is kept
     assert cap_2d_patch([256, 192], 2, "cpu") == ([256, 192], None)  # small pictures: whole, default crops
+    assert cap_2d_patch([256, 256, 1], 2, "cpu", slices=True) == ([256, 256, 1], CPU_2D_CROPS)  # one volume's
     assert cap_2d_patch([576, 608], 2, "cuda:0") == ([576, 608], None)
     assert cap_2d_patch([320, 320, 320], 3, "cpu") == ([320, 320, 320], None)  # 3D: nnU-Net's rule alone
 
@@ -396,9 +397,15 @@ def test_a_few_thick_slices_plan_a_2d_configuration_and_many_a_3d_one(tmp_path):
     assert plan["network_kwargs"]["pool_sizes"] == [[2, 2, 1]] * plan["depth"]
     assert all(level == [3, 3, 1] for level in plan["network_kwargs"]["kernel_sizes"])
     many = write_msd(tmp_path / "many", [(64, 64, 24)] * 3, [(0.8, 0.8, 4.0)] * 3)
-    plan = plan_dataset(many, device="cpu")
+    plan = plan_dataset(many, device="cuda", memory_budget_gb=4)  # planned for a GPU: nnU-Net's 3D
     assert plan["configuration"] == "3d" and plan["slice_axis"] is None and plan["roi_size"][2] > 1
     assert plan["network_kwargs"]["pool_sizes"][0] == [2, 2, 1]  # in-plane first: 0.8 mm against 4 mm
+    # on a CPU thick slices are trained as slices: a 3D patch's step costs 10-20x as much (CHAOS)
+    on_cpu = plan_dataset(many, device="cpu")
+    assert (on_cpu["configuration"], on_cpu["slice_axis"], on_cpu["roi_size"]) == ("2d", 2, [64, 64, 1])
+    assert (on_cpu["batch_size"], on_cpu["num_samples"]) == (1, CPU_2D_CROPS)  # 4 slices of one volume a step
+    isotropic = write_msd(tmp_path / "isotropic", [(64, 64, 24)] * 3, [(1.0, 1.0, 1.0)] * 3)
+    assert plan_dataset(isotropic, device="cpu")["configuration"] == "3d"
     # nnU-Net's "-c 2d" for the same set: a patch one slice thick along an axis asks for it
     sliced = plan_dataset(many, device="cpu", overrides={"roi_size": [128, 128, 1]})
     assert (sliced["configuration"], sliced["slice_axis"], sliced["depth"]) == ("2d", 2, 5)

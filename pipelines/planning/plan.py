@@ -220,7 +220,7 @@ def _training(
     init_features = int(overrides.get("init_features", 32 if device.startswith("cuda") else 16))
     budget = memory_budget_bytes(memory_budget_gb, device)
     roi_size = overrides.get("roi_size")
-    sliced = slice_axis(median_shape, spacing)
+    sliced = slice_axis(median_shape, spacing, on_cpu=not device.startswith("cuda"))
     crops = None
     if roi_size is None:
         shape = [1 if axis == sliced else s for axis, s in enumerate(median_shape)]
@@ -228,7 +228,9 @@ def _training(
             shape, _in_plane(spacing, sliced), overrides.get("depth"), init_features, budget
         )
         # a 2D configuration's patches are 2D: on a CPU they are capped as 2D images' are
-        roi_size, crops = cap_2d_patch(roi_size, 2 if sliced is not None else spatial_dims, device)
+        roi_size, crops = cap_2d_patch(
+            roi_size, 2 if sliced is not None else spatial_dims, device, slices=sliced is not None
+        )
     roi_size = [int(r) for r in roi_size]
     # one slice thick along one axis (the rule's, or a given roi_size such as [256, 256, 1]): 2D configuration
     ones = [axis for axis, r in enumerate(roi_size) if r == 1]

@@ -10,8 +10,9 @@ nnU-Net's rules (Isensee et al. 2021):
   its spacing is within 2x of the finest, 1 before (thick slices are convolved in-plane only until the
   in-plane spacing has caught up);
 - configuration: 3D, or, for a few thick slices (the coarsest axis more than 3x the finest and too
-  few voxels along it to pool once), a 2D configuration of the 3D set (:func:`slice_axis`): patches of
-  one slice, kernels of 1 along it, predicted slice by slice by the same sliding window;
+  few voxels along it to pool once; on a CPU, for any such thick slices), a 2D configuration of the 3D
+  set (:func:`slice_axis`): patches of one slice, kernels of 1 along it, predicted slice by slice by
+  the same sliding window;
 - patch: the median shape after resampling, each axis rounded up to a multiple of its pooling; the
   largest axis is shrunk while one training sample would not fit the memory budget; on a CPU a 2D patch
   is at most ``CPU_2D_PATCH`` per axis, ``CPU_2D_CROPS`` of them drawn per image (see :func:`cap_2d_patch`);
@@ -115,24 +116,30 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
     return [round(float(s), 4) for s in target]
 
 
-def slice_axis(median_shape: Sequence[float], spacing: Sequence[float]) -> int | None:
+def slice_axis(median_shape: Sequence[float], spacing: Sequence[float], on_cpu: bool = False) -> int | None:
     """The axis a 2D configuration of a 3D set slices along, or None for a 3D configuration.
 
     nnU-Net trains a 2D configuration beside its 3D one and keeps the better; here the rule picks it
     where a 3D context is not worth its cost: the coarsest axis is more than ``ANISOTROPY_RATIO`` times
     the finest and has too few voxels (after resampling) to be pooled even once (fewer than
-    ``2 * MIN_BOTTOM_VOXELS``). MyoPS cardiac MR (2-6 slices of 12-23 mm at 0.73 mm in-plane) is sliced;
-    CHAOS abdominal MR (40 slices of 7.7 mm at 1.25 mm) is not.
+    ``2 * MIN_BOTTOM_VOXELS``), or, ``on_cpu``, any such anisotropic set. On a CPU a 3D patch of a
+    thick-sliced set costs 10-20x a slice's step: CHAOS T2-SPIR (1.25 x 1.25 x 7.7 mm), 30 minutes, 4
+    held-out cases, got 3 epochs of its 128 x 128 x 40 patches (liver 0.81, kidneys 0.76 / 0.00, spleen
+    0.73) and 28 epochs as slices (see benchmarks/README.md). MyoPS cardiac MR (2-6 slices of 12-23 mm at
+    0.73 mm in-plane) is sliced everywhere; CHAOS on a CPU only.
 
     Example:
         >>> slice_axis([482, 479, 6], [0.73, 0.73, 12.0]), slice_axis([256, 256, 40], [1.25, 1.25, 7.7])
+        (2, None)
+        >>> slice_axis([256, 256, 40], [1.25, 1.25, 7.7], True), slice_axis([36, 50, 35], [1.0] * 3, True)
         (2, None)
     """
     if len(spacing) != 3:
         return None
     coarsest = int(np.argmax(spacing))
     anisotropic = spacing[coarsest] > ANISOTROPY_RATIO * min(spacing)
-    return coarsest if anisotropic and median_shape[coarsest] < 2 * MIN_BOTTOM_VOXELS else None
+    few = median_shape[coarsest] < 2 * MIN_BOTTOM_VOXELS
+    return coarsest if anisotropic and (few or on_cpu) else None
 
 
 def pool_and_kernel_sizes(
@@ -229,16 +236,20 @@ def choose_patch(
         patch[largest] *= 0.9
 
 
-def cap_2d_patch(patch: Sequence[int], spatial_dims: int, device: str) -> tuple[list[int], int | None]:
+def cap_2d_patch(
+    patch: Sequence[int], spatial_dims: int, device: str, slices: bool = False
+) -> tuple[list[int], int | None]:
     """``(patch, crops per image)``: on a CPU a 2D patch of at most ``CPU_2D_PATCH`` per axis, with
-    ``CPU_2D_CROPS`` crops per image when it is capped (None: the default count).
+    ``CPU_2D_CROPS`` crops per image when it is capped or when it is a 2D configuration's slice
+    (``slices``) (None: the default count).
 
     On a CPU the time budget, not the memory, limits training, and whole-image patches give few optimizer
     steps per minute. DRIVE (565 x 584 fundus images), 20-minute budget, the same 5 held-out images: whole
     576 x 608 patches, 2 per step, vessel Dice 0.786; 256 x 256 crops, 4 per step (3.3x the steps) 0.802
-    (benchmarks/README.md). 3D patches are left to nnU-Net's rule: they are small already.
+    (benchmarks/README.md). The slices of a 3D set were measured so too (MyoPS, CHAOS: 4 slices of one
+    volume per step). 3D patches are left to nnU-Net's rule: they are small already.
     """
-    if spatial_dims != 2 or device.startswith("cuda") or max(patch) <= CPU_2D_PATCH:
+    if spatial_dims != 2 or device.startswith("cuda") or (max(patch) <= CPU_2D_PATCH and not slices):
         return list(patch), None
     return [min(int(p), CPU_2D_PATCH) for p in patch], CPU_2D_CROPS
 
@@ -268,7 +279,7 @@ def network_kwargs(
     there it costs more than the rest of the network (benchmarks/README.md); the coarser levels keep
     it. Deep supervision: on real MR (MSD Hippocampus) the second foreground class is learnt late,
     and supervising the coarse decoder stages directly learns both in about half the steps
-    (benchmarks/README.md, issue 10)."""
+    (benchmarks/README.md, "does every class get learnt?")."""
     depth = len(pool_sizes)
     kwargs: dict[str, Any] = {"depth": depth, "init_features": init_features, "deep_supervision": depth > 1}
     if any(p != 2 for level in pool_sizes for p in level) or any(
