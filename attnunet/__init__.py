@@ -1,4 +1,4 @@
-"""attnunet: the reference document's Attention U-Net on MONAI.
+"""attnunet: an Attention U-Net (a U-Net with non-local self-attention in its decoder) on MONAI.
 
 The public names are imported on first use (PEP 562), so ``attnunet --help`` and the CLI's command
 table load without torch and MONAI.

@@ -140,7 +140,7 @@ class Down(nn.Sequential):
 
 
 class NonLocalBlock(nn.Module):
-    """The reference document's attention block: a projection followed by non-local self-attention.
+    """Attention block: a projection followed by non-local self-attention (Wang et al. 2018).
 
     ``h = act(norm(conv1x1(x)))`` with ``out_channels`` channels; ``theta``, ``phi`` (``out_channels // 8``
     channels, at least 1) and ``g`` (``out_channels // 2``, at least 1) are 1x1 convolutions of ``h``;
@@ -329,11 +329,10 @@ class DecoderStage(nn.Module):
     ``scale_factor`` (2x per axis by default), optional gating of the skip, concatenation with the skip and
     one ``kernel_size`` (3x3 by default) convolution.
 
-    The reference document's decoder has no 3x3 convolution at all (attention, upsampling and
-    concatenation only), which leaves the skip and the upsampled feature unmixed at full resolution; one
-    ``conv -> norm -> act`` after the concatenation fuses them, like the ``merge`` convolution of MONAI's
-    ``AttentionUnet``. A second one (as in ``BasicUNet``) would add about 18% to the 3D forward time
-    (``benchmarks/network.py``, 96^3 on a CPU).
+    A decoder of attention, upsampling and concatenation alone has no 3x3 convolution, which leaves the
+    skip and the upsampled feature unmixed at full resolution; one ``conv -> norm -> act`` after the
+    concatenation fuses them, like the ``merge`` convolution of MONAI's ``AttentionUnet``. A second one (as in
+    ``BasicUNet``) would add about 18% to the 3D forward time (``benchmarks/network.py``, 96^3 on a CPU).
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).

@@ -29,6 +29,7 @@ from attnunet.spec import ModelSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "NotAnAttnunetCheckpointError",
     "load_checkpoint",
     "load_weights",
     "model_from_checkpoint",
@@ -43,6 +44,10 @@ _UPGRADES = {
     "attnunet-checkpoint/1": {"attention_unet_3d_small": {"init_features": 8}},
     "attnunet-checkpoint/2": {},
 }
+
+
+class NotAnAttnunetCheckpointError(ValueError):
+    """A readable torch file that is not an attnunet checkpoint (a bare state dict, another format)."""
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
@@ -61,7 +66,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a readable attnunet checkpoint (truncated, another format).
+        NotAnAttnunetCheckpointError: ``path`` is a torch file of another format (a bare state dict).
+        ValueError: ``path`` cannot be read (truncated, not a torch file, pickled objects).
     """
     path = Path(path)
     if not path.is_file():
@@ -77,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if isinstance(checkpoint, dict) and checkpoint.get("format") in _UPGRADES:
         checkpoint = _upgrade(checkpoint, f"checkpoint {path}")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise NotAnAttnunetCheckpointError(
             f"checkpoint {path} is not an attnunet checkpoint (expected a dict with format "
             f"{CHECKPOINT_FORMAT!r}); train with 'attnunet train' or export a bundle model instead"
         )

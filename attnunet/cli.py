@@ -3,7 +3,9 @@
 Each command lives in the module that does its work and exposes two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``. The table below maps command names to those
 modules; a module is imported only when its command runs, so ``attnunet --help`` stays fast and
-does not pull in MLflow or MONAI's engines.
+does not pull in MLflow or MONAI's engines. A command module imports only its option declarations
+(:mod:`attnunet.pipelines.options`) at module level and the rest in its ``run``, so
+``attnunet CMD --help`` loads neither torch nor MONAI (importing any of MONAI loads MLflow and ignite).
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "attnunet.pipelines.commands.sync",
         "send what a training run kept on disk (metrics, model) to an MLflow store",
     ),
-    "summary": ("attnunet.summary", "per-layer summary and parameter count of a network preset"),
-    "export": ("attnunet.export", "export a network or checkpoint to TorchScript or ONNX"),
+    "summary": (
+        "attnunet.pipelines.commands.summary",
+        "per-layer summary and parameter count of a network preset",
+    ),
+    "export": ("attnunet.pipelines.commands.export", "export a network or checkpoint to TorchScript or ONNX"),
     "bundle": ("attnunet.pipelines.commands.bundle", "write a MONAI bundle for your own dataset"),
 }
 

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from attnunet.checkpoints import load_checkpoint, load_weights, model_from_checkpoint
+from attnunet.checkpoints import (
+    NotAnAttnunetCheckpointError,
+    load_checkpoint,
+    load_weights,
+    model_from_checkpoint,
+)
 from attnunet.spec import ModelSpec
 
 __all__ = ["CHECKPOINT_ARTIFACT", "REGISTRY_SCHEMES", "SAFE_TARGETS", "load_model"]
@@ -80,9 +85,8 @@ def _load_bundle(folder: Path, device: str | torch.device) -> tuple[torch.nn.Mod
         raise FileNotFoundError(f"bundle {folder} has no models/model.pt (train the bundle first)")
     try:
         return model_from_checkpoint(load_checkpoint(weights), device)
-    except ValueError as error:
-        if "not an attnunet checkpoint" not in str(error):
-            raise
+    except NotAnAttnunetCheckpointError:
+        pass  # a bare state dict: its network is described by the bundle's inference.json
     config = _read_json(folder / "configs" / "inference.json")
     definition = _resolve(config, "network_def", folder)
     builder = _safe_builder(definition)
@@ -201,7 +205,7 @@ def _load_registered(
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    from attnunet.pipelines.tracking.store import check_store_exists, resolve_tracking_uri
+    from attnunet.mlflow_store import check_store_exists, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     check_store_exists(tracking_uri, model_uri)  # a read never creates a store

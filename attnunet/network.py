@@ -34,7 +34,7 @@ def _positive_int(name: str, value: object) -> int:
 
 
 class AttentionUNet(nn.Module):
-    """U-Net whose decoder levels apply attention: the reference document's network, in 2D and 3D.
+    """U-Net whose decoder levels apply attention, in 2D and 3D.
 
     Architecture: a stem of two 3x3 conv/norm/act at ``init_features`` (full resolution); ``depth``
     encoder stages, each a 2x max-pool and two convolutions that double the features
@@ -46,7 +46,7 @@ class AttentionUNet(nn.Module):
     starts at level ``k`` upsamples by level ``k``'s pooling, and the stage that ends at level ``k`` uses
     level ``k``'s kernel.
 
-    With ``attention="nonlocal"`` the decoder's attention is the document's non-local block
+    With ``attention="nonlocal"`` the decoder's attention is a non-local block
     (:class:`attnunet.blocks.NonLocalBlock`) applied to the coarse decoder feature before upsampling, so
     it runs at levels 1 ... depth (1/2 ... 1/2**depth of the input resolution per pooled axis), never at
     full resolution; it pools its keys by its level's pooling. ``"gate"`` puts Oktay et al.'s additive

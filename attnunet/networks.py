@@ -7,7 +7,7 @@ rebuilds it. Registered names:
   ``out_channels``); with ``pool_sizes`` and ``kernel_sizes`` of 1 along one axis at every level, the
   same network in 2D applied slice by slice (:class:`attnunet.slicewise.SliceWise`). The presets below
   build it the same way.
-- ``attention_unet_2d``: the document's defaults, 2D, ``in_channels=3``, ``out_channels=1``.
+- ``attention_unet_2d``: the 2D network of 256 x 256 RGB images, ``in_channels=3``, ``out_channels=1``.
 - ``attention_unet_3d``: 3D, ``in_channels=1``, ``out_channels=2``.
 - ``attention_unet_3d_small``: as ``attention_unet_3d`` with ``init_features=16`` (CPU runs). Not 8: with
   8 channels in the full-resolution decoder stage that feeds the 1x1 head, training on real MR (MSD

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from attnunet.defaults import OVERLAP, SW_BATCH_SIZE
 from attnunet.regions import Regions
 
 __all__ = ["SPEC_VERSION", "ModelSpec"]
@@ -70,8 +71,8 @@ class ModelSpec:
     roi_size: tuple[int, ...]
     preset_kwargs: Mapping[str, Any] = field(default_factory=dict)
     pixdim: tuple[float, ...] | None = None
-    sw_batch_size: int = 4
-    overlap: float = 0.25
+    sw_batch_size: int = SW_BATCH_SIZE
+    overlap: float = OVERLAP
     regions: Regions | None = None
     version: int = SPEC_VERSION
 
@@ -165,7 +166,7 @@ class ModelSpec:
             preset_kwargs=dict(config.get("preset_kwargs") or {}),
             pixdim=config.get("pixdim"),
             roi_size=tuple(config["roi_size"]),
-            sw_batch_size=int(config.get("sw_batch_size") or 4),
-            overlap=float(config.get("overlap") if config.get("overlap") is not None else 0.25),
+            sw_batch_size=int(config.get("sw_batch_size") or SW_BATCH_SIZE),
+            overlap=float(config.get("overlap") if config.get("overlap") is not None else OVERLAP),
             regions=config.get("regions"),
         )

@@ -1,4 +1,4 @@
-"""Per-layer summary and parameter count of a network (the reference document's section 3), by torchinfo.
+"""Per-layer summary and parameter count of a network, by torchinfo.
 
 CLI::
 
@@ -28,7 +28,7 @@ __all__ = [
     "summarize",
 ]
 
-# default spatial size per number of spatial dims: the document's 256x256, and a common 3D patch
+# default spatial size per number of spatial dims: 256x256 in 2D, and a common 3D patch
 DEFAULT_SPATIAL = {2: 256, 3: 96}
 
 

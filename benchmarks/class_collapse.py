@@ -1,4 +1,4 @@
-"""Does a network learn every class? A short overfit on a few real MSD Hippocampus cases (issue 10).
+"""Does a network learn every class? A short overfit on a few real MSD Hippocampus cases.
 
 Trains one network through the project's MR training chain (whole-case patches, flips along every
 axis, intensity jitter), MONAI's ``DiceCELoss`` and Adam, and every ``--every`` steps scores the very

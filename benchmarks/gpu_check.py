@@ -1,4 +1,4 @@
-"""The GPU check of issue 12, in one process: what ``benchmarks/gpu_check.sh`` runs after the CUDA tests.
+"""The GPU check, in one process: what ``benchmarks/gpu_check.sh`` runs after the CUDA tests.
 
 Steps (each prints one JSON line and adds a row to ``--json``):
 

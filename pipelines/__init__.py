@@ -2,5 +2,6 @@
 
 Sub-packages by concern: ``data`` (discovery, splits, checks), ``planning``, ``engines`` (training),
 ``tracking`` (MLflow), ``inference``, ``evaluation``, ``bundle`` (MONAI bundles), ``demo`` and
-``commands`` (the CLI). This package itself imports nothing heavy.
+``commands`` (the CLI); ``flags`` and ``distributed`` (DDP under ``torchrun``) serve several of them. Lower
+layers never import higher ones (tests/test_import_layers.py). This package itself imports nothing heavy.
 """

@@ -6,6 +6,10 @@ at 3 x 3 x 6 mm, the same field of view as the full demo), written once per test
 ``tiny_config``: ``tiny_config(data, output, **overrides)``, a :class:`TrainConfig` of a tiny CPU run.
 ``tiny_checkpoint``: a checkpoint of a tiny AttentionUNet (random weights, depth 2: a multiple of 4),
 CT preset at each image's own spacing, 16^3 windows, 3 classes.
+``shared_data``: the real datasets' folder ``../shared/data`` (outside the repository); skips when absent.
+Plain functions for the same, importable by test modules (``from conftest import ...``):
+:func:`shared_dataset` (a dataset folder, or a skip naming it) and :func:`needs_shared` (a ``skipif`` mark,
+for use at import time).
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(_threads)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """xdist hands out one test at a time (``--maxschedchunk=1``): the long ones, first in the order (see
+    below), spread over the workers instead of all going to the first worker's initial chunk. Set here, not
+    in pyproject's ``addopts``, where it would be an unknown option with xdist off (``-p no:xdist``)."""
+    if hasattr(config.option, "maxschedchunk") and config.option.maxschedchunk is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests marked ``long`` first, longest first: spread over xdist's workers from the start, none of
     them is left to run alone at the end of the suite."""
@@ -41,6 +53,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1))
 
     items.sort(key=lambda item: -minutes(item))  # stable: otherwise as collected
+
+
+# Real datasets, never copied into the repository: the tests that read them skip where they are absent.
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+def _absent(path: Path) -> str:
+    return f"real data {path} is absent (../shared/data lives outside the repository)"
+
+
+def shared_dataset(*parts: str) -> Path:
+    """``../shared/data/<parts>`` (a dataset or series folder); skips the calling test, naming the
+    folder, when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(_absent(path))
+    return path
+
+
+def needs_shared(*parts: str) -> pytest.MarkDecorator:
+    """A ``skipif`` mark for a test that reads ``../shared/data/<parts>``, naming the folder when absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    return pytest.mark.skipif(not path.is_dir(), reason=_absent(path))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``, the folder of real datasets; skips the test when it is absent."""
+    return shared_dataset()
 
 
 if TYPE_CHECKING:  # imported by the fixture itself: the engines pull in MLflow, which most tests never use

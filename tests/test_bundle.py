@@ -208,7 +208,7 @@ def test_default_data_is_the_demo_written_once(tmp_path):
 @pytest.mark.parametrize(
     ("config", "command", "flag_keys"),
     [
-        ("train.json", train_command, train_command.TRAIN_KEYS + ("network_kwargs", "preset_kwargs")),
+        ("train.json", train_command, train_command.TRAIN_KEYS),
         ("inference.json", infer_command, infer_command.INFERENCE_KEYS),
         ("evaluate.json", evaluate_command, evaluate_command.EVALUATE_KEYS),
     ],
@@ -218,8 +218,7 @@ def test_every_flag_is_a_config_key_of_the_same_name(config, command, flag_keys)
     assert keys == set(flag_keys)
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    dests = {action.dest for action in parser._actions} - {"help", "network_option", "preset_option"}
-    assert dests == set(flag_keys) - {"network_kwargs", "preset_kwargs"}
+    assert {action.dest for action in parser._actions} - {"help"} == set(flag_keys)
 
 
 def test_the_runner_refuses_config_syntax_in_a_flag(tmp_path):

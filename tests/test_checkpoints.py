@@ -11,6 +11,7 @@ import torch
 
 from attnunet.checkpoints import (
     CHECKPOINT_FORMAT,
+    NotAnAttnunetCheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -102,7 +103,7 @@ def test_an_old_checkpoint_without_its_run_config_is_refused_by_name(tmp_path):
 
 def test_unknown_format_is_refused(tmp_path):
     torch.save({"format": "attnunet-checkpoint/0", "network": NETWORK, "model": {}}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="is not an attnunet checkpoint"):
+    with pytest.raises(NotAnAttnunetCheckpointError, match="is not an attnunet checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
 
 

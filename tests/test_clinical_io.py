@@ -12,21 +12,18 @@ import highdicom as hd
 import pydicom
 import pytest
 import torch
+from conftest import shared_dataset
 from pydicom.uid import generate_uid
 
 from attnunet.checkpoints import save_checkpoint
 from attnunet.cli import main
 from attnunet.spec import ModelSpec
 
-DICOM_DATA = Path(__file__).parents[2] / "shared" / "data" / "dicom"
 LABELS = {"0": "background", "1": "anterior", "2": "posterior"}
 
 
 def real(name: str) -> Path:
-    path = DICOM_DATA / name
-    if not path.exists():
-        pytest.skip(f"real DICOM data {path} is absent (it lives in ../shared/data, outside the repository)")
-    return path
+    return shared_dataset("dicom", name)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
-from monai.inferers import SlidingWindowInferer
 
 from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.pipelines.data.datasets import discover_dataset, split_items
 from attnunet.pipelines.engines.components import create_loss
+from attnunet.pipelines.inference.apply import ValidationInferer, Windows
 from attnunet.transforms.presets import build_transforms
 
 # One run, no retry. torch's gloo backend used to abort a rank at exit ("terminate called without an
 # active exception", SIGABRT) in about 1 CI run in 4: the engines kept the DDP model in reference
 # cycles, so its gloo reducer was destroyed at interpreter shutdown with its worker threads still
 # joinable. train() now frees it and destroys the process group while the group is alive
-# (attnunet.pipelines.engines.distributed.leave_distributed). Faulthandler stays on so that an abort,
+# (attnunet.pipelines.distributed.leave_distributed). Faulthandler stays on so that an abort,
 # should one come back, shows every thread's Python stack in the failure.
 
 
@@ -59,13 +59,13 @@ def test_torchrun_two_processes_on_cpu(demo_dataset, tmp_path):
     assert len(val_items) == 2
     model, spec = model_from_checkpoint(output / "checkpoints" / "last.pt")
     transform = build_transforms("ct", "val", pixdim=None)
-    inferer = SlidingWindowInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    inferer = ValidationInferer(spec, Windows.for_model(spec, sw_device="cpu", device="cpu"))  # the run's
     loss = create_loss("dice_ce", spec.out_channels)  # the loss the run validates with
     per_case = []
     with torch.no_grad():
         for item in val_items:
             data = transform(item)
-            pred = inferer(data["image"].as_tensor()[None], model)
+            pred = inferer(data["image"][None], model)
             per_case.append(float(loss(pred, data["label"].as_tensor()[None])))
     mean = sum(per_case) / 2
     assert abs(per_case[0] - per_case[1]) > 1e-4  # the two ranks' cases are told apart

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import shared_dataset
 from monai.data import MetaTensor
 from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
@@ -27,7 +28,6 @@ from attnunet.transforms.dicom_seg import write_dicom_seg
 from attnunet.transforms.dicom_seg_read import read_dicom_seg
 from attnunet.transforms.readers import SimpleITKReader, sitk_affine
 
-DICOM_DATA = Path(__file__).parents[2] / "shared" / "data" / "dicom"
 CT3 = "ct_3slices_with_seg"
 OBLIQUE = "mr_brain_t1post_oblique"
 SIEMENS = "ct_20slices_siemens"
@@ -35,10 +35,7 @@ NAMES = {"0": "background", "1": "bright", "2": "brightest"}
 
 
 def real(name: str) -> Path:
-    path = DICOM_DATA / name
-    if not path.exists():
-        pytest.skip(f"real DICOM data {path} is absent (it lives in ../shared/data, outside the repository)")
-    return path
+    return shared_dataset("dicom", name)
 
 
 def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import shared_dataset
 from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
@@ -20,7 +21,6 @@ from attnunet.transforms.dicom_series import check_dicom_series, subfolders
 from attnunet.transforms.headers import read_header
 from attnunet.transforms.readers import SimpleITKReader
 
-DICOM_DATA = Path(__file__).parents[2] / "shared" / "data" / "dicom"
 CT = "ct_20slices_siemens"
 HIPPOCAMPUS = "mr_hippocampus_crop_study1"
 HIPPOCAMPUS_UID = "1.2.826.0.1.3680043.8.498.10112548596522579645160189153146185462"
@@ -41,12 +41,7 @@ def load(folder: Path, series_uid: str | None = None):
 
 
 def real_series(name: str) -> Path:
-    folder = DICOM_DATA / name
-    if not folder.is_dir():
-        pytest.skip(
-            f"real DICOM data {folder} is absent (it lives in ../shared/data, outside the repository)"
-        )
-    return folder
+    return shared_dataset("dicom", name)
 
 
 def ct_slices() -> list[Path]:

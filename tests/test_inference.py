@@ -267,13 +267,34 @@ def test_largest_component_keeps_the_biggest_blob(threshold_bundle, tmp_path):
     assert np.array_equal(kept == 1, big)
 
 
+def test_an_empty_border_of_the_scan_is_background(tmp_path):
+    """Voxels outside the bounding box of the scan's non-zero voxels (an all-zero slice after the window) are
+    never shown to the network, as in training: they are background in the labels and the probabilities."""
+    network = Convolution(**THRESHOLD_NET).eval()
+    with torch.no_grad():  # logits (0, 5 - 10 x, 20 (x - 0.5)): a windowed 0 alone would be class 1
+        network.conv.weight.copy_(torch.tensor([0.0, -10.0, 20.0]).view(3, 1, 1, 1, 1))
+        network.conv.bias.copy_(torch.tensor([0.0, 5.0, -10.0]))
+    volume = np.full((12, 10, 8), 200.0, dtype=np.float32)  # class 1
+    volume[4:8, 4:8, 2:6] = 900.0  # class 2
+    volume[..., -1] = -500.0  # an empty slice: 0 after the window
+    spec = _spec({**CONFIG, "pixdim": None}, TINY)
+    result = apply_model(network, spec, volume, affine=np.eye(4))
+    labels, probabilities = result.labels[0].numpy(), result.probabilities.numpy()
+    assert (labels[..., -1] == 0).all() and (labels[..., :-1] > 0).all()
+    np.testing.assert_allclose(probabilities[0, ..., -1], 1.0)
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+
 def test_models_uri_equals_checkpoint(checkpoint, tmp_path):
+    from attnunet.pipelines.inference.mlflow_model import log_segmentation_model
     from attnunet.pipelines.tracking.mlflow_runs import RunTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = RunTracker(uri, experiment="inference-test")
     tracker.log_config(CONFIG)
-    model_uri = tracker.log_model(checkpoint, register="tiny", alias="champion")  # as 'attnunet train' does
+    model_uri = tracker.log_model(  # as 'attnunet train' does
+        checkpoint, log_with=log_segmentation_model, register="tiny", alias="champion"
+    )
     tracker.end()
     assert model_uri == "models:/tiny@champion"
     image = save_nifti(tmp_path / "scan.nii.gz", random_volume(seed=3), oblique_affine())

@@ -514,6 +514,7 @@ def test_checkpoint_layout_is_unchanged():
 
 
 @pytest.mark.long
+@pytest.mark.benchmark
 def test_cpu_speed_benchmark_quick_run_prints_every_table():
     """``benchmarks/cpu_speed.py --quick``: every part, every model, ratios to MONAI's AttentionUnet."""
     script = Path(__file__).parents[1] / "benchmarks" / "cpu_speed.py"

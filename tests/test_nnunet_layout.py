@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, needs_shared
 
 from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.pipelines.data.files import channel_groups
@@ -17,7 +18,6 @@ from attnunet.pipelines.planning.plan import plan_dataset
 from attnunet.transforms.headers import read_header
 from attnunet.transforms.presets import build_transforms
 
-SHARED = Path(__file__).parents[2] / "shared" / "data"
 CHANNELS = {"0": "FLAIR", "1": "T1c"}
 
 
@@ -198,9 +198,9 @@ def test_channel_groups_needs_every_file_suffixed():
         channel_groups([Path("a_0000.nii.gz"), Path("b.nii.gz")])
 
 
-@pytest.mark.skipif(not (SHARED / "Dataset101_MyoPS").is_dir(), reason="shared MyoPS data absent")
+@needs_shared("Dataset101_MyoPS")
 def test_myops_is_read_as_35_three_sequence_cases():
-    index = discover_dataset(SHARED / "Dataset101_MyoPS")
+    index = discover_dataset(SHARED_DATA / "Dataset101_MyoPS")
     assert index.layout == "nnunet" and len(index.items) == 35 and index.modality == "bSSFP+LGE+T2"
     assert all(len(item["image"]) == 3 for item in index.items)
     assert index.labels["5"] == "scar" and index.labels["4"] == "edema"

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, needs_shared
 
 from attnunet.cli import main
 from attnunet.networks import create_network
@@ -27,8 +28,6 @@ from attnunet.pipelines.planning.rules import (
     sliding_window_batch,
     target_spacing,
 )
-
-SHARED = Path(__file__).parents[2] / "shared" / "data"
 
 
 def write_msd(
@@ -139,7 +138,7 @@ def test_an_undeclared_ct_whose_foreground_is_soft_tissue_is_ct(tmp_path):
 def test_a_small_memory_budget_shrinks_the_patch_and_the_batch(tmp_path):
     root = write_msd(tmp_path / "big", [(64, 64, 64)] * 2, [(1.0,) * 3] * 2)
     roomy = plan_dataset(root, device="cpu")
-    tight = plan_dataset(root, device="cpu", memory_budget_gb=0.05)
+    tight = plan_dataset(root, device="cpu", step_memory_gb=0.05)
     assert roomy["roi_size"] == [64, 64, 64]
     assert np.prod(tight["roi_size"]) < np.prod(roomy["roi_size"])
     assert tight["estimated_gb_per_step"] <= roomy["estimated_gb_per_step"]
@@ -302,9 +301,9 @@ def test_format_plan_lists_every_class(tmp_path):
     assert [line.split()[1] for line in table.splitlines() if line.startswith("class")] == ["0", "1", "2"]
 
 
-@pytest.mark.skipif(not (SHARED / "Task04_Hippocampus").is_dir(), reason="../shared/data is absent")
+@needs_shared("Task04_Hippocampus")
 def test_plans_the_shared_hippocampus_like_nnunet():
-    plan = plan_dataset(SHARED / "Task04_Hippocampus", device="cpu", sample_cases=4)
+    plan = plan_dataset(SHARED_DATA / "Task04_Hippocampus", device="cpu", sample_cases=4)
     assert plan["cases"] >= 200 and plan["preset"] == "mr" and plan["pixdim"] == [1.0, 1.0, 1.0]
     # nnU-Net's 3d_fullres plan for Task04: patch 40 x 56 x 40, three poolings
     assert plan["roi_size"] == [40, 56, 40] and plan["depth"] == 3
@@ -313,22 +312,22 @@ def test_plans_the_shared_hippocampus_like_nnunet():
     assert "flip_axes" not in plan["preset_kwargs"]  # 4 cases are too few to call an order fixed
 
 
-@pytest.mark.skipif(not (SHARED / "Task04_Hippocampus").is_dir(), reason="../shared/data is absent")
+@needs_shared("Task04_Hippocampus")
 def test_the_hippocampus_is_mirrored_left_right_only():
     # the posterior class lies behind and above the anterior one in every case; left-right it varies
     for sampled in (12, 20):
-        plan = plan_dataset(SHARED / "Task04_Hippocampus", device="cpu", sample_cases=sampled)
+        plan = plan_dataset(SHARED_DATA / "Task04_Hippocampus", device="cpu", sample_cases=sampled)
         assert plan["preset_kwargs"] == {"flip_axes": [0]}
 
 
-@pytest.mark.skipif(not (SHARED / "DRIVE" / "training").is_dir(), reason="../shared/data is absent")
+@needs_shared("DRIVE", "training")
 def test_plans_the_shared_drive_images():
-    plan = plan_dataset(SHARED / "DRIVE" / "training", device="cpu", sample_cases=2)
+    plan = plan_dataset(SHARED_DATA / "DRIVE" / "training", device="cpu", sample_cases=2)
     assert (plan["cases"], plan["preset"], plan["spatial_dims"], plan["channels"]) == (20, "image2d", 2, 3)
     assert plan["pixdim"] is None and plan["median_shape"] == [565, 584]
     # on a CPU, 256 x 256 crops, 4 per image (more steps per minute than whole images)
     assert plan["roi_size"] == [256, 256] and plan["num_samples"] == 4 and plan["depth"] == 5
-    on_gpu = plan_dataset(SHARED / "DRIVE" / "training", device="cuda", memory_budget_gb=8, sample_cases=2)
+    on_gpu = plan_dataset(SHARED_DATA / "DRIVE" / "training", device="cuda", step_memory_gb=8, sample_cases=2)
     assert on_gpu["roi_size"] == [576, 608] and on_gpu["num_samples"] == 2  # whole images, multiples of 2**5
     assert 0.05 < plan["classes"]["1"]["frequency"] < 0.15  # vessels: about 9% of the pixels
 
@@ -374,11 +373,11 @@ def test_reorients_only_when_every_case_maps_to_the_same_ras_axes():
     assert not reorients([axial, tilted])
 
 
-@pytest.mark.skipif(not (SHARED / "Dataset101_MyoPS").is_dir(), reason="shared MyoPS data absent")
+@needs_shared("Dataset101_MyoPS")
 def test_thick_oblique_slices_keep_their_axes_and_pool_in_plane(tmp_path):
     """MyoPS short-axis cardiac MR: 2-6 slices of 12-23 mm whose slice axis is closest to different RAS
     axes from case to case; reoriented, its thick axis would be averaged with an in-plane one."""
-    plan = plan_dataset(SHARED / "Dataset101_MyoPS", sample_cases=3, device="cpu")
+    plan = plan_dataset(SHARED_DATA / "Dataset101_MyoPS", sample_cases=3, device="cpu")
     assert plan["layout"] == "nnunet" and plan["channels"] == 3 and plan["preset"] == "mr"
     assert plan["preset_kwargs"]["reorient"] is False
     assert plan["pixdim"][2] >= 10 and max(plan["pixdim"][:2]) < 1  # the slice axis stays thick
@@ -397,7 +396,7 @@ def test_a_few_thick_slices_plan_a_2d_configuration_and_many_a_3d_one(tmp_path):
     assert plan["network_kwargs"]["pool_sizes"] == [[2, 2, 1]] * plan["depth"]
     assert all(level == [3, 3, 1] for level in plan["network_kwargs"]["kernel_sizes"])
     many = write_msd(tmp_path / "many", [(64, 64, 24)] * 3, [(0.8, 0.8, 4.0)] * 3)
-    plan = plan_dataset(many, device="cuda", memory_budget_gb=4)  # planned for a GPU: nnU-Net's 3D
+    plan = plan_dataset(many, device="cuda", step_memory_gb=4)  # planned for a GPU: nnU-Net's 3D
     assert plan["configuration"] == "3d" and plan["slice_axis"] is None and plan["roi_size"][2] > 1
     assert plan["network_kwargs"]["pool_sizes"][0] == [2, 2, 1]  # in-plane first: 0.8 mm against 4 mm
     # on a CPU thick slices are trained as slices: a 3D patch's step costs 10-20x as much (CHAOS)

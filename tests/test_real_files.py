@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import shared_dataset
 from monai.transforms import LoadImage, Orientation
 
 from attnunet.pipelines.data.datasets import discover_dataset
@@ -22,12 +23,6 @@ from attnunet.transforms.readers import SimpleITKReader
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 # pydicom's bundled files only: get_testdata_file() may download the others, which tests must not do.
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
-# ../shared/data holds several datasets; the MSD one is the default (any dataset folder can be named)
-SHARED_DATA = Path(
-    os.environ.get(
-        "ATTNUNET_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data" / "Task04_Hippocampus"
-    )
-)
 
 NIFTI_FILES = [
     "anatomical.nii",
@@ -111,16 +106,17 @@ def test_truncated_pydicom_file_is_reported():
 
 
 @pytest.fixture(scope="module")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir() or not any(SHARED_DATA.iterdir()):
-        pytest.skip(
-            f"no shared data at {SHARED_DATA} (set ATTNUNET_SHARED_DATA to a dataset folder to run this)"
-        )
-    return SHARED_DATA
+def real_dataset() -> Path:
+    """ATTNUNET_SHARED_DATA (any dataset folder), else ../shared/data's MSD dataset (it holds several)."""
+    named = os.environ.get("ATTNUNET_SHARED_DATA")
+    path = Path(named) if named else shared_dataset("Task04_Hippocampus")
+    if not path.is_dir() or not any(path.iterdir()):
+        pytest.skip(f"no dataset at {path} (set ATTNUNET_SHARED_DATA to a dataset folder to run this)")
+    return path
 
 
-def test_shared_data_discovers_validates_and_loads(shared_data):
-    index = discover_dataset(shared_data)
+def test_shared_data_discovers_validates_and_loads(real_dataset):
+    index = discover_dataset(real_dataset)
     validate_items(index.items[:3], labels=index.labels)
     preset = (
         "image2d" if index.layout == "image2d" else ("mr" if index.modality.upper().startswith("M") else "ct")

@@ -1,4 +1,4 @@
-"""Issue 10: on real MR (MSD Hippocampus), the network ``attnunet train`` chooses learns every class.
+"""On real MR (MSD Hippocampus), the network ``attnunet train`` chooses learns every class.
 
 A short overfit through the real pipeline (plan, MR chain, MONAI's trainer, ``DiceCELoss`` under
 ``DeepSupervisionLoss``, Adam: 80 steps of four 40x56x40 patches) on four cases of
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared
 from monai.inferers import SlidingWindowInferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
@@ -28,7 +29,7 @@ from attnunet.pipelines.engines import config_from_plan, train
 from attnunet.pipelines.planning.plan import plan_dataset
 from attnunet.transforms.presets import build_transforms
 
-HIPPOCAMPUS = Path(__file__).parents[2] / "shared" / "data" / "Task04_Hippocampus"
+HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 CASES = 5  # 4 trained on, 1 for the run's own validation
 
 
@@ -46,7 +47,7 @@ def subset(root: Path, count: int) -> Path:
 
 
 @pytest.mark.long(minutes=5)
-@pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason="../shared/data/Task04_Hippocampus is absent")
+@needs_shared("Task04_Hippocampus")
 def test_every_hippocampus_class_is_learnt_in_a_short_overfit(tmp_path):
     data = subset(tmp_path / "hippocampus", CASES)
     plan = plan_dataset(data, device="cpu")

@@ -41,7 +41,7 @@ def test_presets(name, kwargs, expected):
 
 def test_small_preset_is_small():
     small = create_network("attention_unet_3d_small")
-    assert small.stem.conv_0.conv.out_channels == 16  # 8 lost a class on real MR (issue 10)
+    assert small.stem.conv_0.conv.out_channels == 16  # 8 lost a class on real MR
     assert (
         sum(p.numel() for p in small.parameters())
         < sum(p.numel() for p in create_network("attention_unet_3d").parameters()) / 3

@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import shared_dataset
 
 from attnunet.cli import main
 from attnunet.pipelines.data.datasets import discover_dataset
@@ -27,15 +28,12 @@ from attnunet.transforms.loading import LoadDicomSeg, LoadImageLabeld
 from attnunet.transforms.presets import build_transforms
 from attnunet.transforms.readers import SimpleITKReader
 
-CT3 = Path(__file__).parents[2] / "shared" / "data" / "dicom" / "ct_3slices_with_seg"
 UID = "1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"
 
 
 @pytest.fixture(scope="module")
 def ct3() -> Path:
-    if not CT3.exists():
-        pytest.skip(f"real DICOM data {CT3} is absent (it lives in ../shared/data, outside the repository)")
-    return CT3
+    return shared_dataset("dicom", "ct_3slices_with_seg")
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +171,9 @@ def test_a_csv_of_series_and_segs_goes_through_discovery_validation_and_the_chai
     nrrd_case = {"image": str(ct3 / "image"), "label": str(ct3 / "liver_seg.nrrd")}
     val = build_transforms("ct", "val")
     from_seg, from_nrrd = val(dict(index.items[0])), val(nrrd_case)
-    # The chain's orientation is RAS: the series' x and y axes (LPS order) are flipped.
-    np.testing.assert_array_equal(from_seg["label"][0].numpy(), reference[::-1, ::-1, :])
+    # the chain (RAS, cropped to the body) undone gives the series' own grid back, in LPS order
+    np.testing.assert_array_equal(val.inverse(dict(from_seg))["label"][0].numpy(), reference)
+    np.testing.assert_array_equal(from_seg["label"].numpy(), from_nrrd["label"].numpy())
     np.testing.assert_allclose(from_seg["label"].affine.numpy(), from_nrrd["label"].affine.numpy(), atol=1e-4)
     train = build_transforms("ct", "train", roi_size=(32, 32, 3), num_samples=3, num_classes=2)
     seg_samples = train.set_random_state(seed=0)(dict(index.items[0]))

@@ -28,6 +28,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import SHARED_DATA, needs_shared
 from mlflow.exceptions import MlflowException
 from mlflow.types import ColSpec, DataType
 from mlflow_server import free_port
@@ -35,12 +36,13 @@ from PIL import Image
 
 from attnunet import load_model
 from attnunet.checkpoints import save_checkpoint
+from attnunet.pipelines.inference.mlflow_model import log_segmentation_model
 from attnunet.pipelines.inference.predict import infer
-from attnunet.pipelines.tracking.serving import MAX_SCAN_ENV, log_segmentation_model
+from attnunet.pipelines.inference.serving import MAX_SCAN_ENV
 from attnunet.spec import ModelSpec
 from attnunet.transforms.presets import build_transforms
 
-HIPPOCAMPUS = Path(__file__).parents[2] / "shared" / "data" / "Task04_Hippocampus" / "imagesTr"
+HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus" / "imagesTr"
 CLASSES = ["background", "organ", "lesion"]
 # An MR model (per-case z-score: any modality goes through it), flips along every axis at test time.
 SPEC = ModelSpec(
@@ -303,9 +305,7 @@ def test_served_model_segments_scans_like_infer_and_refuses_bad_requests(
     _assert_infers_label_map(answer["predictions"][0], scan, store, tmp_path / "after", tta=False)
 
 
-@pytest.mark.skipif(
-    not HIPPOCAMPUS.is_dir(), reason=f"real data {HIPPOCAMPUS} is absent (outside the repository)"
-)
+@needs_shared("Task04_Hippocampus", "imagesTr")
 def test_served_model_segments_a_real_hippocampus_scan_like_infer(store, server, tmp_path):
     scan = HIPPOCAMPUS / "hippocampus_001.nii.gz"
     record = {"image": encode(scan), "tta": False, "largest_component": True}

@@ -27,6 +27,7 @@ from attnunet.checkpoints import load_checkpoint, model_from_checkpoint
 from attnunet.cli import main
 from attnunet.models import load_model
 from attnunet.pipelines.engines import train
+from attnunet.pipelines.inference.mlflow_model import log_segmentation_model
 from attnunet.pipelines.tracking import mlflow_runs
 from attnunet.pipelines.tracking.mlflow_runs import (
     CONFIG_ARTIFACT,
@@ -231,7 +232,7 @@ def test_a_tracker_whose_server_stays_away_holds_its_records_and_says_so(
             tracker.log_metrics({"val_mean_dice": 0.6}, step=2)
             tracker.log_metrics({"val_mean_dice": 0.7}, step=3)
             tracker.log_artifact(tmp_path / "server" / "server.log", artifact_path="logs")
-            model_uri = tracker.log_model(tiny_checkpoint, register="outage")
+            model_uri = tracker.log_model(tiny_checkpoint, log_with=log_segmentation_model, register="outage")
             tracker.end("FINISHED")
         waited = time.monotonic() - started  # MLflow's defaults: ~8.5 min refused, 7 x 120 s hung
         assert waited < 60, waited
@@ -407,7 +408,9 @@ def _tracked_model(
     tracker = RunTracker(uri, experiment=experiment, **options)
     for step, value in enumerate(dice, start=1):
         tracker.log_metrics({"val_mean_dice": value}, step=step)
-    model_uri = tracker.log_model(checkpoint, register="alias-test", alias="champion")
+    model_uri = tracker.log_model(
+        checkpoint, log_with=log_segmentation_model, register="alias-test", alias="champion"
+    )
     tracker.end()
     return tracker, model_uri
 

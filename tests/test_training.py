@@ -66,7 +66,7 @@ def test_config_defaults_follow_the_document():
 def test_two_cpu_runs_give_the_same_losses_and_the_disk_cache_fallback(demo_dataset, tmp_path, tiny_config):
     first = train(tiny_config(demo_dataset, tmp_path / "a", cache="memory"))
     # A memory budget far below the data makes "auto" fall back to the persistent disk cache.
-    second = train(tiny_config(demo_dataset, tmp_path / "b", cache="auto", memory_budget_gb=1e-9))
+    second = train(tiny_config(demo_dataset, tmp_path / "b", cache="auto", cache_memory_gb=1e-9))
     assert first.history[0]["train_loss"] == second.history[0]["train_loss"]
     assert first.history[0]["val_loss"] == second.history[0]["val_loss"]
     assert list((tmp_path / "b" / "cache" / "train").glob("*.pt")), "auto cache did not fall back to disk"
@@ -197,7 +197,7 @@ def test_cli_with_only_data_and_output_trains_from_a_plan_saved_beside_the_run(d
     assert main(args) == 0
     plan = load_plan(output / "plan.json")
     config = load_checkpoint(output / "checkpoints" / "last.pt")["config"]
-    assert config["plan"] == plan and plan["dataset"] == str(demo_dataset)
+    assert config["applied_plan"] == plan and plan["dataset"] == str(demo_dataset)
     for field in ("preset", "roi_size", "pixdim", "batch_size", "num_samples", "sw_batch_size", "overlap"):
         assert config[field] == plan[field], field
     assert config["network_kwargs"] == plan["network_kwargs"]

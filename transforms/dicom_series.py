@@ -19,6 +19,7 @@ from monai.utils import optional_import
 # SimpleITK (GDCM's series listing) is optional where only NIfTI and 2D files are read, e.g. the
 # GPU check: its first use raises an error saying to install it.
 sitk, _ = optional_import("SimpleITK")
+get_volume_positions, _ = optional_import("highdicom.spatial", name="get_volume_positions")
 
 __all__ = ["DicomSeries", "DicomGeometry", "list_dicom_series", "check_dicom_series", "subfolders"]
 
@@ -28,6 +29,9 @@ _DICOM_SERIES_DESCRIPTION = "0008|103e"
 _SPACING_TOLERANCE = 0.1
 # Slices closer than this (mm) along the slice normal are at the same position (a duplicated file).
 _SAME_POSITION_MM = 0.01
+# The line from the first slice to any other may leave the slice normal by this much (1 - |cosine|, about
+# 2.6 degrees); a tilted gantry's CT leaves it by its tilt, which ITK would not shear into the volume.
+_PERPENDICULAR_TOLERANCE = 1e-3
 # Direction cosines further apart than this are different orientations (about 0.06 degrees); the values
 # are written with at least 4 decimals, and one series writes the same ones into every file.
 _ORIENTATION_TOLERANCE = 1e-3
@@ -142,7 +146,11 @@ def check_dicom_series(folder: PathLike, series_uid: str | None = None) -> Dicom
     - a missing slice: a step about a whole multiple (2x, 3x...) of the usual step, which is the lower
       median of the steps. This is refused rather than resampled: a volume with a gap has no single
       spacing, and stacking or resampling it silently would put voxels in the wrong place;
-    - any other step more than 10% away from the usual step (uneven spacing).
+    - any other step more than 10% away from the mean step (uneven spacing);
+    - slices not stacked along the normal of their planes (a tilted gantry's CT): ITK would not shear them.
+
+    Whether the positions form such a regular volume, and the slice order, come from highdicom's
+    ``get_volume_positions``; when it refuses, the files at fault are found here and named.
 
     A one-file series (one slice, or a multi-frame file) is not checked: its geometry is in that file.
 
@@ -171,10 +179,27 @@ def check_dicom_series(folder: PathLike, series_uid: str | None = None) -> Dicom
     positions = np.array([position for position, _ in headers])
     orientations = np.array([orientation for _, orientation in headers])
     _check_orientations(folder, names, orientations)
-    offsets = positions @ np.cross(orientations[0, :3], orientations[0, 3:])  # mm along the slice normal
-    order = np.argsort(offsets, kind="stable")
+    # highdicom decides whether the positions form one regular volume (no duplicate, missing or uneven
+    # slice, stacked along the normal) and gives the slice order; "RD" orders along row x column, as GDCM.
+    # Not its get_series_volume_positions: that looks up each file's SOPClassUID (a KeyError for exports
+    # that leave it empty) and compares orientations without naming a file. highdicom only answers None,
+    # so a refusal is explained here, naming the files.
+    _, indices = get_volume_positions(
+        positions,
+        orientations[0],
+        rtol=_SPACING_TOLERANCE,
+        perpendicular_tol=_PERPENDICULAR_TOLERANCE,
+        index_convention="RD",
+    )
+    if indices is None:
+        normal = np.cross(orientations[0, :3], orientations[0, 3:])
+        offsets = positions @ normal  # mm along the slice normal
+        order = np.argsort(offsets, kind="stable")
+        sorted_names = [names[i] for i in order]
+        _check_steps(folder, sorted_names, offsets[order])
+        _refuse_the_rest(folder, sorted_names, positions[order], normal, offsets[order])
+    order = np.argsort(indices, kind="stable")
     names = [names[i] for i in order]
-    _check_steps(folder, names, offsets[order])
     step = (positions[order[-1]] - positions[order[0]]) / (len(names) - 1)
     return DicomGeometry(series=replace(series, files=tuple(names)), slice_step=tuple(float(v) for v in step))
 
@@ -257,6 +282,29 @@ def _check_steps(folder: Path, names: list[str], offsets: np.ndarray) -> None:
         f"{folder}: uneven slice spacing, steps of {_numbers(np.unique(steps.round(2)))} mm where "
         f"{_number(usual)} mm is usual, first {_number(steps[at])} mm {between}; a volume needs one spacing: "
         "resample the series to a regular grid with a DICOM tool, or leave it out"
+    )
+
+
+def _refuse_the_rest(
+    folder: Path, names: list[str], positions: np.ndarray, normal: np.ndarray, offsets: np.ndarray
+) -> None:
+    """Raise for what highdicom refused and :func:`_check_steps` let pass (``names`` sorted by ``offsets``):
+    slices off the normal, or steps spread more than 10% around their mean (highdicom's reference)."""
+    spans = positions[1:] - positions[0]
+    cosines = np.abs(spans @ normal) / np.linalg.norm(spans, axis=1)
+    odd = int(np.argmin(cosines))
+    if cosines[odd] < 1 - _PERPENDICULAR_TOLERANCE:
+        raise ValueError(
+            f"{folder}: {Path(names[odd + 1]).name} lies {_number(np.degrees(np.arccos(cosines[odd])))} "
+            f"degrees off the slice normal through {Path(names[0]).name} (a tilted gantry?); a volume needs "
+            "its slices stacked along their normal: resample the series to a regular grid with a DICOM tool, "
+            "or leave it out"
+        )
+    steps = np.diff(offsets)
+    raise ValueError(
+        f"{folder}: uneven slice spacing, steps of {_numbers(np.unique(steps.round(2)))} mm around a mean "
+        f"of {_number(steps.mean())} mm from {Path(names[0]).name} to {Path(names[-1]).name}; a volume "
+        "needs one spacing: resample the series to a regular grid with a DICOM tool, or leave it out"
     )
 
 

@@ -4,11 +4,14 @@ Every chain starts with :class:`~attnunet.transforms.loading.LoadImageLabeld` (`
 tries only the reader given, and reads a DICOM SEG label onto its image's series) and
 ``EnsureChannelFirstd``. The 3D chains then reorient to RAS, resample to ``pixdim`` (when given),
 normalise intensities (CT: Hounsfield window, clipped and scaled to [0, 1]; MR: z-score over non-zero
-voxels, per channel), and for training crop the foreground, pad to ``roi_size``, draw ``num_samples``
-patches centred on each of the ``num_classes`` classes in turn (background included), flip along each
-axis (the reference document's random flips, extended to 3D) and jitter intensities.
+voxels, per channel) and crop to the bounding box of the image's non-zero voxels (every mode, as nnU-Net
+crops before training and before predicting: a scan's empty border, such as an all-zero slice, is never
+shown to the network; inference writes background there). For training they then pad to ``roi_size``,
+draw ``num_samples`` patches centred on each of the ``num_classes`` classes in turn (background included),
+flip along each axis and jitter intensities.
 
-``"val"`` and ``"infer"`` keep whole volumes and only use invertible spatial transforms, so
+``"val"`` and ``"infer"`` keep whole volumes (but their empty border) and only use invertible spatial
+transforms, so
 ``monai.transforms.Invertd(keys="pred", transform=chain, orig_keys="image")`` returns a prediction
 to the input's own shape and affine. ``"train"`` and ``"val"`` load ``("image", "label")``,
 ``"infer"`` only ``"image"``. A DICOM SEG label then goes through the same spatial transforms as a label
@@ -148,11 +151,11 @@ def _volume_transforms(
     if pixdim is not None:
         modes = ("bilinear", "nearest")[: len(keys)]
         chain.append(Spacingd(keys, pixdim=tuple(float(p) for p in pixdim), mode=modes))
+    # CropForeground keeps voxels > 0: before the z-score for MR (background 0 goes negative after it),
+    # after the window for CT (air is clipped to 0 by it). Invertd pads the prediction back.
+    crop = CropForegroundd(keys, source_key="image", allow_smaller=True)
+    chain += [crop, *intensity] if crop_before_intensity else [*intensity, crop]
     if mode == "train":
-        # CropForeground keeps voxels > 0: before the z-score for MR (background 0 goes negative after it),
-        # after the window for CT (air is clipped to 0 by it).
-        crop = CropForegroundd(keys, source_key="image", allow_smaller=True)
-        chain += [crop, *intensity] if crop_before_intensity else [*intensity, crop]
         chain += [
             SpatialPadd(keys, spatial_size=roi_size),
             *_class_balanced_crops(keys, roi_size, num_samples, num_classes),
@@ -160,8 +163,6 @@ def _volume_transforms(
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]
-    else:
-        chain += intensity
     chain.append(EnsureTyped(keys))
     return Compose(chain)
 
@@ -286,11 +287,11 @@ def image2d_transforms(
     flip_axes: Sequence[int] = (0, 1),
     num_classes: int = 2,
 ) -> Compose:
-    """2D chain for PNG/TIFF images and binary masks (the reference document's case), read with PILReader.
+    """2D chain for PNG/TIFF images and binary masks (fundus photographs, for instance), read with PILReader.
 
     Images are scaled to [0, 1] per channel; masks are read as one grayscale channel and binarised
     (any value >= 0.5 is foreground, so 0/1 and 0/255 masks both work). Training pads to ``roi_size``, draws
-    ``num_samples`` patches and flips along ``flip_axes`` (the document's augmentation); it also
+    ``num_samples`` patches and flips along ``flip_axes``; it also
     rotates by any angle, scales by up to 15% and varies the contrast (gamma 0.7-1.5).
 
     Args:

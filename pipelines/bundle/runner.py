@@ -71,10 +71,11 @@ def run_config(name: str, key: str, overrides: Mapping[str, Any]) -> Any:
 
 
 def _original(error: RuntimeError) -> BaseException:
-    """The error a component raised, out of MONAI's "Failed to instantiate component" wrappers, so the
-    command line reports it as one line (a ValueError naming the file, not a parser trace)."""
+    """The error a component raised, out of MONAI's "Failed to instantiate component" wrappers (each a
+    ``RuntimeError`` raised from the one below it), so the command line reports it as one line (a
+    ValueError naming the file, not a parser trace)."""
     cause: BaseException = error
-    while "Failed to instantiate component" in str(cause) and cause.__cause__ is not None:
+    while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
         cause = cause.__cause__
     return cause
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnunet.pipelines.bundle.templates import init_bundle
-
 __all__ = ["add_arguments", "run"]
 
 
@@ -55,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``attnunet bundle``; returns the exit code."""
+    from attnunet.pipelines.bundle.templates import init_bundle  # MONAI: loaded only to run
+
     root = init_bundle(
         args.name,
         args.dir,

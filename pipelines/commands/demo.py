@@ -4,48 +4,47 @@ from __future__ import annotations
 
 import argparse
 
-from attnunet.pipelines.demo.run import format_settings, run_demo
 from attnunet.pipelines.engines.config import TrainConfig
+from attnunet.pipelines.options import Option, add_options, config_overrides
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["OPTIONS", "add_arguments", "run"]
+
+# One per argument of run_demo, same names (all optional).
+OPTIONS: tuple[Option, ...] = (
+    Option("output", "demo folder (default: ./%(default)s)", "attnunet-demo"),
+    Option("data", "an MSD-layout dataset with imagesTs/labelsTs (default: the embedded demo data)"),
+    Option("epochs", f"training epochs (default: {TrainConfig.epochs}, as attnunet train)", type=int),
+    Option("tracking_uri", "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT/mlflow.db)"),
+    Option("device", "cpu, cuda or cuda:N (default: cuda when available)"),
+    Option(
+        "overwrite",
+        "replace the files of an earlier demo in --output (default: off, refuse)",
+        False,
+        action="store_true",
+    ),
+    Option(
+        "progress",
+        "no progress bars (default: off, the bars are shown)",
+        True,
+        flag="--no-progress",
+        action="store_false",
+    ),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``attnunet demo`` (all optional)."""
-    parser.add_argument("--output", default="attnunet-demo", help="demo folder (default: ./%(default)s)")
-    parser.add_argument(
-        "--data", help="an MSD-layout dataset with imagesTs/labelsTs (default: the embedded demo data)"
-    )
-    parser.add_argument(
-        "--epochs", type=int, help=f"training epochs (default: {TrainConfig.epochs}, as attnunet train)"
-    )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT/mlflow.db)"
-    )
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the files of an earlier demo in --output (default: off, refuse)",
-    )
-    parser.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bars (default: off, the bars are shown)",
-    )
+    add_options(parser, OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
     """``attnunet demo``: print its planned settings, run it, print the Dice per class and where all is."""
+    from attnunet.pipelines.demo.run import format_settings, run_demo  # training: loaded only to run
+
+    options = config_overrides(OPTIONS, args)
     result = run_demo(
-        args.output,
-        data=args.data,
-        epochs=args.epochs,
-        tracking_uri=args.tracking_uri,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=args.progress,
+        options.pop("output"),
+        **options,
         announce=lambda config: print(format_settings(config), flush=True),
     )
     trained = result.train

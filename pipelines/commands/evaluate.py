@@ -1,4 +1,5 @@
-"""``attnunet evaluate``: its options, one per key of the bundle's ``configs/evaluate.json``."""
+"""``attnunet evaluate``: its options, one per key of the bundle's ``configs/evaluate.json``, declared once
+in :data:`EVALUATE_OPTIONS`; the scoring (numpy, MONAI) is imported by :func:`run` only."""
 
 from __future__ import annotations
 
@@ -6,66 +7,9 @@ import argparse
 import re
 from collections.abc import Sequence
 
-from attnunet.pipelines.bundle.runner import run_config
-from attnunet.pipelines.evaluation.reports import REGION_NAME, format_value
+from attnunet.pipelines.options import Option, add_options, config_overrides
 
-__all__ = ["EVALUATE_KEYS", "add_arguments", "parse_regions", "run"]
-
-# The keys of configs/evaluate.json the flags set (dest names = keys; --region sets regions#NAME).
-EVALUATE_KEYS = (
-    "predictions",
-    "labels",
-    "output",
-    "classes",
-    "regions",
-    "tolerance_mm",
-    "fov",
-    "overwrite",
-    "progress",
-)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``attnunet evaluate``."""
-    parser.add_argument("--predictions", required=True, help="folder of predicted label maps (<case>.nii.gz)")
-    parser.add_argument("--labels", required=True, help="folder of reference label maps (<case>.nii.gz)")
-    parser.add_argument("--output", required=True, help="folder for metrics.csv and summary.csv/json")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="NAME",
-        help="class names in index order, background first (default: class_K for each label value)",
-    )
-    parser.add_argument(
-        "--region",
-        dest="regions",
-        action="append",
-        metavar="NAME=V,V,...",
-        default=[],
-        help="also score the union of these label values as one class named NAME, e.g. BraTS "
-        "--region whole_tumour=1,2,3,4 --region tumour_core=1,3,4 --region enhancing=4; repeat for more; "
-        "a region absent from both prediction and label of a case scores NaN there, like a class "
-        "(default: none)",
-    )
-    parser.add_argument(
-        "--tolerance-mm",
-        type=float,
-        nargs="+",
-        default=[2.0],
-        help="surface Dice tolerance in mm: one value, or one per foreground class then one per region "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--fov",
-        help="folder of field-of-view masks: score inside them only, as DRIVE's mask/ "
-        "(default: none, score every voxel)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace existing result files (default: off, refuse)"
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar (default: shown)"
-    )
+__all__ = ["EVALUATE_KEYS", "EVALUATE_OPTIONS", "OPTIONS", "add_arguments", "parse_regions", "run"]
 
 
 def parse_regions(texts: Sequence[str] | None) -> dict[str, list[int]]:
@@ -79,6 +23,8 @@ def parse_regions(texts: Sequence[str] | None) -> dict[str, list[int]]:
         >>> parse_regions(["scar=5", "scar_edema=4,5"])
         {'scar': [5], 'scar_edema': [4, 5]}
     """
+    from attnunet.pipelines.evaluation.reports import REGION_NAME
+
     parsed: dict[str, list[int]] = {}
     for text in texts or []:
         name, sep, values = text.partition("=")
@@ -102,12 +48,64 @@ def parse_regions(texts: Sequence[str] | None) -> dict[str, list[int]]:
     return parsed
 
 
+EVALUATE_OPTIONS: tuple[Option, ...] = (
+    Option("predictions", "folder of predicted label maps (<case>.nii.gz)", required=True),
+    Option("labels", "folder of reference label maps (<case>.nii.gz)", required=True),
+    Option("output", "folder for metrics.csv and summary.csv/json", required=True),
+    Option(
+        "classes",
+        "class names in index order, background first (default: class_K for each label value)",
+        nargs="+",
+        metavar="NAME",
+        bundle=["background", "organ", "lesion"],  # the template bundle scores the demo's classes
+    ),
+    Option(
+        "regions",
+        "also score the union of these label values as one class named NAME, e.g. BraTS "
+        "--region whole_tumour=1,2,3,4 --region tumour_core=1,3,4 --region enhancing=4; repeat for more; "
+        "a region absent from both prediction and label of a case scores NaN there, like a class "
+        "(default: none)",
+        {},
+        flag="--region",
+        action="append",
+        metavar="NAME=V,V,...",
+        cli_default=[],
+        parse=parse_regions,  # names and integers only: nothing the config parser runs
+        item="NAME",
+    ),
+    Option(
+        "tolerance_mm",
+        "surface Dice tolerance in mm: one value, or one per foreground class then one per region "
+        "(default: %(default)s)",
+        [2.0],
+        type=float,
+        nargs="+",
+    ),
+    Option(
+        "fov",
+        "folder of field-of-view masks: score inside them only, as DRIVE's mask/ "
+        "(default: none, score every voxel)",
+    ),
+    Option("overwrite", "replace existing result files (default: off, refuse)", False, action="store_true"),
+    Option("progress", "no progress bar (default: shown)", True, flag="--no-progress", action="store_false"),
+)
+OPTIONS = EVALUATE_OPTIONS  # every command module's declaration, under one name
+# The keys of configs/evaluate.json the flags set (dest names = keys; --region sets regions#NAME).
+EVALUATE_KEYS = tuple(opt.key for opt in EVALUATE_OPTIONS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``attnunet evaluate``."""
+    add_options(parser, EVALUATE_OPTIONS)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``attnunet evaluate``: the bundle's ``configs/evaluate.json`` with the flags as its keys; exit
     status 1 when a prediction is missing or does not match."""
-    overrides = {key: value for key, value in vars(args).items() if key in EVALUATE_KEYS}
-    overrides["regions"] = parse_regions(args.regions)  # names and integers only: nothing the parser runs
-    summary = run_config("evaluate.json", "evaluation", overrides)
+    from attnunet.pipelines.bundle.runner import run_config
+    from attnunet.pipelines.evaluation.reports import format_value
+
+    summary = run_config("evaluate.json", "evaluation", config_overrides(EVALUATE_OPTIONS, args))
     if summary is None:  # a rank other than 0 under torchrun: rank 0 scores and reports
         return 0
     for class_name, metrics in {**summary["classes"], **summary["regions"]}.items():

@@ -1,57 +1,62 @@
-"""``attnunet plan``: fingerprint a dataset, print the plan, write ``plan.json``."""
+"""``attnunet plan``: fingerprint a dataset, print the plan, write ``plan.json``. Its options are declared
+once in :data:`PLAN_OPTIONS` (the arguments of :func:`~attnunet.pipelines.planning.plan.plan_dataset`);
+the planner (numpy, torch, the readers) is imported by :func:`run` only."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 
-from attnunet.atomic import refuse_existing
 from attnunet.cli import key_values
-from attnunet.pipelines.planning.plan import PLAN_FIELDS, format_plan, plan_dataset, save_plan
+from attnunet.pipelines.options import Option, add_options, config_overrides
+from attnunet.pipelines.planning.fields import PLAN_FIELDS
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["OPTIONS", "PLAN_OPTIONS", "add_arguments", "run"]
+
+PLAN_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "data", "dataset: MSD folder with dataset.json, image/label folders, CSV", flag=None, required=True
+    ),
+    Option("output", "where to write the plan (default: ./%(default)s)", "plan.json"),
+    Option(
+        "overrides",
+        f"override a field ({', '.join(PLAN_FIELDS)}), e.g. roi_size=[64,64,32]; repeatable "
+        "(default: none, every field planned)",
+        {},
+        flag="--set",
+        action="append",
+        metavar="KEY=VALUE",
+        cli_default=[],
+        parse=functools.partial(key_values, option="--set"),
+    ),
+    Option("sample_cases", "cases decoded for voxel statistics (default: %(default)s)", 20, type=int),
+    Option(
+        "step_memory_gb",
+        "memory a training step may use, in GiB (default: 80%% of the GPU's, 4 GiB on a CPU)",
+        type=float,
+    ),
+    Option("device", "cpu or cuda (default: cuda when available)"),
+    Option("overwrite", "replace an existing plan file (default: off, refuse)", False, action="store_true"),
+)
+
+OPTIONS = PLAN_OPTIONS  # every command module's declaration, under one name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``attnunet plan``."""
-    parser.add_argument("data", help="dataset: MSD folder with dataset.json, image/label folders, CSV")
-    parser.add_argument(
-        "--output", default="plan.json", help="where to write the plan (default: ./%(default)s)"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a field ({', '.join(PLAN_FIELDS)}), e.g. roi_size=[64,64,32]; repeatable "
-        "(default: none, every field planned)",
-    )
-    parser.add_argument(
-        "--sample-cases",
-        type=int,
-        default=20,
-        help="cases decoded for voxel statistics (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--memory-budget-gb",
-        type=float,
-        default=None,
-        help="memory a training step may use (default: 80%% of the GPU's, 4 GiB on a CPU)",
-    )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing plan file (default: off, refuse)"
-    )
+    add_options(parser, PLAN_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``attnunet plan``: print the plan's table and write it."""
+    from attnunet.atomic import refuse_existing
+    from attnunet.pipelines.planning.plan import format_plan, plan_dataset, save_plan
+
     refuse_existing([args.output], args.overwrite)  # before the (long) planning, not after
+    options = config_overrides(PLAN_OPTIONS, args)
     plan = plan_dataset(
-        args.data,
-        overrides=key_values(args.set, "--set"),
-        sample_cases=args.sample_cases,
-        memory_budget_gb=args.memory_budget_gb,
-        device=args.device,
+        options.pop("data"),
+        **{key: value for key, value in options.items() if key not in ("output", "overwrite")},
     )
     print(format_plan(plan))
     print(f"plan written to {save_plan(plan, args.output)}")

@@ -20,7 +20,7 @@
   folder a DICOM SEG (``labels/case1.dcm``) or a label volume per case, named after the series folder;
   a CSV may also pair series folders with DICOM SEG files. A SEG label is read onto its image's series
   (:class:`~attnunet.transforms.loading.LoadImageLabeld`), so its image must be that series' folder;
-- the same two-folder layout with 2D PNG/TIFF/JPEG/BMP/GIF images and masks, the reference document's
+- the same two-folder layout with 2D PNG/TIFF/JPEG/BMP/GIF images and masks, an
   ``{'input', 'label'}`` dataset, loaded under the keys ``image``/``label`` (a mask may add ``_mask``,
   ``_seg``, ``_label`` or ``_gt`` to the image's name, or share only its leading token: DRIVE's
   ``21_training.tif`` and ``1st_manual/21_manual1.gif``); a ``mask/`` or ``fov/`` folder beside a
@@ -63,7 +63,7 @@ __all__ = [
     "split_items",
     "make_dataset",
     "CACHE_MODES",
-    "memory_budget_bytes",
+    "cache_memory_bytes",
 ]
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
@@ -504,16 +504,16 @@ def split_items(
     return train, val
 
 
-def memory_budget_bytes(memory_budget_gb: float | None = None) -> int:
-    """The cache budget: ``memory_budget_gb`` GiB, or half of the memory now available.
+def cache_memory_bytes(cache_memory_gb: float | None = None) -> int:
+    """The RAM the ``"auto"`` cache may fill: ``cache_memory_gb`` GiB, or half of the memory now available.
 
     Available memory is read with ``os.sysconf`` (no psutil needed); where that is unavailable the
     budget is 2 GiB.
     """
-    if memory_budget_gb is not None:
-        if memory_budget_gb < 0:
-            raise ValueError(f"memory_budget_gb must be >= 0, got {memory_budget_gb}")
-        return int(memory_budget_gb * 2**30)
+    if cache_memory_gb is not None:
+        if cache_memory_gb < 0:
+            raise ValueError(f"cache_memory_gb must be >= 0, got {cache_memory_gb}")
+        return int(cache_memory_gb * 2**30)
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
     except (ValueError, OSError, AttributeError):
@@ -533,7 +533,7 @@ def make_dataset(
     *,
     cache: str = "auto",
     cache_dir: str | os.PathLike | None = None,
-    memory_budget_gb: float | None = None,
+    cache_memory_gb: float | None = None,
     num_workers: int = 0,
 ) -> Dataset:
     """Wrap cases in a MONAI dataset, cached in memory or on disk.
@@ -546,9 +546,9 @@ def make_dataset(
         transform: a MONAI transform chain (e.g. :func:`attnunet.transforms.presets.build_transforms`).
         cache: ``"memory"`` (``CacheDataset``), ``"disk"`` (``PersistentDataset`` in ``cache_dir``),
             ``"none"`` (``Dataset``) or ``"auto"``: memory when the decoded float32 size (from the
-            headers) fits ``memory_budget_gb``, else disk (or none without ``cache_dir``).
+            headers) fits ``cache_memory_gb``, else disk (or none without ``cache_dir``).
         cache_dir: folder of the disk cache (created if missing); needed by ``"disk"``.
-        memory_budget_gb: the in-memory budget in GiB; None: half of the memory available now.
+        cache_memory_gb: the in-memory budget in GiB; None: half of the memory available now.
         num_workers: threads that fill the memory cache (values below 1 mean one).
 
     Returns:
@@ -564,7 +564,7 @@ def make_dataset(
     cache = look_up_option(cache, CACHE_MODES)
     items = list(items)
     if cache == "auto":
-        needed, budget = _decoded_bytes(items), memory_budget_bytes(memory_budget_gb)
+        needed, budget = _decoded_bytes(items), cache_memory_bytes(cache_memory_gb)
         cache = "memory" if needed <= budget else ("disk" if cache_dir is not None else "none")
         _logger.info(
             "cache=auto: %.2f GiB decoded vs %.2f GiB budget -> %s", needed / 2**30, budget / 2**30, cache

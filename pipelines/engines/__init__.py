@@ -1,8 +1,8 @@
 """Training on MONAI's engines: the run's config, component factories, ignite handlers, the loop.
 
 ``from attnunet.pipelines.engines import TrainConfig, train`` is the Python entry point. The names are
-imported on first use (PEP 562), so a sibling such as ``engines.distributed`` (used by inference)
-does not pull in MLflow.
+imported on first use (PEP 562), so importing one of its modules (``engines.checks``) does not pull in
+the training loop and MLflow.
 """
 
 from __future__ import annotations

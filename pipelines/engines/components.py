@@ -79,8 +79,8 @@ class RegionLoss(torch.nn.Module):
 def create_loss(name: str, out_channels: int, regions: Regions | None = None) -> torch.nn.Module:
     """The loss called ``name`` (one of :data:`~attnunet.pipelines.engines.config.LOSSES`).
 
-    ``"auto"`` is ``DiceCELoss`` for one output per class and ``BCEWithLogitsLoss`` (the document's
-    loss) for one binary output; ``"bce"`` needs that one output, the Dice losses need one per class.
+    ``"auto"`` is ``DiceCELoss`` for one output per class and ``BCEWithLogitsLoss`` for one binary
+    output; ``"bce"`` needs that one output, the Dice losses need one per class.
     With ``regions`` (one sigmoid output per region, as nnU-Net's region-based training) every name is a
     :class:`RegionLoss`: ``"auto"`` and ``"dice_ce"`` are batch Dice + BCE, as nnU-Net trains regions.
     It is wrapped in MONAI's ``DeepSupervisionLoss``, which scores one tensor as the loss itself and
@@ -110,7 +110,7 @@ def create_loss(name: str, out_channels: int, regions: Regions | None = None) ->
 def create_optimizer(
     parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """Adam, the document's optimiser."""
+    """Adam."""
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
 

@@ -1,39 +1,62 @@
 """A training run's options (:class:`TrainConfig`, one field per ``attnunet train`` flag and bundle
-key) and what the run gives back (:class:`TrainResult`)."""
+key, declared once with its help: :func:`train_options`) and what the run gives back (:class:`TrainResult`).
+
+This module is the declaration ``attnunet train --help`` is built from, so it imports nothing heavy at
+module level: MONAI, torch and the planner are imported by the functions that use them.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from monai.utils import look_up_option
-
-from attnunet.networks import network_arguments
-from attnunet.pipelines.data.datasets import CACHE_MODES
+from attnunet.cli import key_values
+from attnunet.defaults import OVERLAP, SW_BATCH_SIZE
 from attnunet.pipelines.flags import flag
-from attnunet.pipelines.planning.plan import TRAIN_FIELDS, load_plan, plan_dataset, plan_options
-from attnunet.regions import Regions
-from attnunet.transforms.presets import PRESETS
+from attnunet.pipelines.options import Option, field_options, option
+from attnunet.pipelines.planning.fields import TRAIN_FIELDS
+
+if TYPE_CHECKING:
+    from attnunet.regions import Regions
 
 __all__ = [
     "CACHE_MODES",
     "LOSSES",
-    "PRESETS",
+    "NETWORKS",
+    "PLAN_OPTION",
+    "PRESET_NAMES",
     "SCHEDULERS",
     "TrainConfig",
     "TrainResult",
     "config_from_plan",
     "planned_config",
     "resolve_config",
+    "train_options",
 ]
 
+# The names the flags accept, spelled out so that --help needs no MONAI; tests/test_option_declarations.py
+# checks them against the registries they mirror (transforms.presets.PRESETS, datasets.CACHE_MODES,
+# attnunet.networks.list_networks()).
+PRESET_NAMES = ("ct", "mr", "image2d")
+CACHE_MODES = ("auto", "memory", "disk", "none")
+NETWORKS = (
+    "attention_unet",
+    "attention_unet_2d",
+    "attention_unet_3d",
+    "attention_unet_3d_small",
+    "monai_attention_unet",
+    "monai_unet",
+    "nnunet_plain_conv_unet",
+)
 SCHEDULERS = ("cosine", "constant")
 # Loss names (see attnunet.pipelines.engines.components.create_loss); "auto" is DiceCE for softmax
-# outputs and the document's BCE for one binary output.
+# outputs and BCE for one binary output.
 LOSSES = ("auto", "dice_ce", "dice_focal", "dice", "bce")
 
 
@@ -52,7 +75,7 @@ class TrainConfig:
         preset_kwargs: extra keyword arguments for the transform preset (CT ``a_min``/``a_max``...).
         out_channels: network outputs; None means one per class (softmax, ``DiceCELoss``), or one per
             region (sigmoid, Dice + BCE) for a dataset whose ``dataset.json`` declares regions (nnU-Net's
-            region-based training). ``1`` with two classes trains the document's single binary output
+            region-based training). ``1`` with two classes trains a single binary output
             with ``BCEWithLogitsLoss``.
         epochs: number of epochs (total, counting resumed ones).
         val_every: validate every N epochs (and after the last one).
@@ -62,7 +85,7 @@ class TrainConfig:
         pixdim: target voxel spacing in mm, or None to keep each image's own.
         batch_size: images per batch (each gives ``num_samples`` patches).
         num_samples: random patches per image and iteration.
-        lr: Adam learning rate (the document's 1e-3).
+        lr: Adam learning rate.
         weight_decay: Adam weight decay.
         scheduler: ``"cosine"`` (annealed to 0 over ``epochs``) or ``"constant"``.
         loss: name in :data:`LOSSES`; ``"auto"``: ``DiceCELoss`` for one output per class, the
@@ -84,19 +107,20 @@ class TrainConfig:
         alias: alias given to the registered version when its best ``val_mean_dice`` beats the version
             holding the alias (or none holds it).
         force_alias: move ``alias`` to the new version even when it does not beat the one holding it.
-        cache: ``"auto"`` (memory if it fits ``memory_budget_gb``, else a persistent disk cache),
+        cache: ``"auto"`` (memory if it fits ``cache_memory_gb``, else a persistent disk cache),
             ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder of the disk cache; None means ``output/cache``.
-        memory_budget_gb: memory the ``"auto"`` cache may use; None lets the dataset helper decide.
+        cache_memory_gb: RAM the ``"auto"`` cache may fill; None lets the dataset helper decide (not the
+            memory of a training step: that is the plan's ``step_memory_gb``).
         num_workers: data-loader worker processes.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None picks CUDA when available.
         amp: mixed precision (used on CUDA only).
         sw_batch_size: windows per forward pass in sliding-window validation.
         overlap: sliding-window overlap in validation.
         progress: show a progress bar per epoch.
-        plan: the plan (:func:`~attnunet.pipelines.planning.plan.plan_dataset`) these options came from;
-            it is saved as ``output/plan.json`` and logged to MLflow. :func:`config_from_plan` builds a
-            config from one.
+        applied_plan: the plan (:func:`~attnunet.pipelines.planning.plan.plan_dataset`) these options
+            came from; it is saved as ``output/plan.json`` and logged to MLflow. :func:`config_from_plan`
+            builds a config from one. Not an option: the ``plan`` option names where it comes from.
         time_budget: minutes the whole run (training and validation) may take; after every epoch the
             number of epochs is set to what fits at the last epoch's speed (``epochs`` is then only an
             upper bound's starting value), with the cosine schedule annealed to 0 at the last one;
@@ -109,47 +133,113 @@ class TrainConfig:
         0.001
     """
 
-    data: str
-    output: str
-    preset: str = "ct"
-    network: str = "attention_unet_3d_small"
-    network_kwargs: dict[str, Any] = field(default_factory=dict)
-    preset_kwargs: dict[str, Any] = field(default_factory=dict)
-    out_channels: int | None = None
-    epochs: int = 50
-    val_every: int = 1
-    roi_size: tuple[int, ...] = (96, 96, 96)
-    pixdim: tuple[float, ...] | None = None
-    batch_size: int = 2
-    num_samples: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    loss: str = "auto"
-    val_fraction: float = 0.2
-    seed: int = 0
-    resume: bool = False
-    track: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "attnunet"
-    artifact_location: str | None = None
-    run_name: str | None = None
-    register: str | None = None
-    alias: str = "champion"
-    force_alias: bool = False
-    cache: str = "auto"
-    cache_dir: str | None = None
-    memory_budget_gb: float | None = None
-    num_workers: int = 0
-    device: str | None = None
-    amp: bool = True
-    sw_batch_size: int = 4
-    overlap: float = 0.25
-    progress: bool = True
-    plan: dict[str, Any] | None = None
-    time_budget: float | None = None
+    # Each field is also an `attnunet train` flag and a configs/train.json key (train_options); a field the
+    # plan fills (TRAIN_FIELDS) shows its default here as the one taken with `--plan none`.
+    data: str = option(
+        required=True, help="dataset: MSD folder with dataset.json, image/label folders or a CSV"
+    )
+    output: str = option(
+        required=True, help="new folder for checkpoints, config.json, plan.json and overlays"
+    )
+    preset: str = option("ct", "transform preset", choices=PRESET_NAMES)
+    network: str = option(
+        "attention_unet_3d_small",
+        "network preset, one of: %(choices)s (default: %(default)s)",
+        choices=NETWORKS,
+        metavar="NAME",
+    )
+    network_kwargs: dict[str, Any] = option(
+        {},
+        "network argument; VALUE is JSON when it parses (init_features=16, attention_levels=[2,3]), "
+        "else a word (norm=instance); repeat for more (default: the plan's widths)",
+        flag="--network-option",
+        action="append",
+        metavar="KEY=VALUE",
+        cli_default=[],
+        parse=functools.partial(key_values, option="--network-option"),
+        item="KEY",
+    )
+    preset_kwargs: dict[str, Any] = option(
+        {},
+        "preset argument, same syntax, e.g. a_min=-200 (default: the plan's CT window)",
+        flag="--preset-option",
+        action="append",
+        metavar="KEY=VALUE",
+        cli_default=[],
+        parse=functools.partial(key_values, option="--preset-option"),
+        item="KEY",
+    )
+    out_channels: int | None = option(
+        None, "1 for one binary (sigmoid, BCE) output (default: one per class, or one per region)", type=int
+    )
+    epochs: int = option(50, "total epochs (default: %(default)s)", type=int)
+    val_every: int = option(1, "validate every N epochs (default: %(default)s)", type=int)
+    roi_size: tuple[int, ...] = option((96, 96, 96), "patch size, 2 or 3 ints", type=int, nargs="+")
+    pixdim: tuple[float, ...] | None = option(
+        None, "target spacing in mm (default: the plan's; else each image's)", type=float, nargs="+"
+    )
+    batch_size: int = option(2, "images per batch", type=int)
+    num_samples: int = option(2, "patches per image", type=int)
+    lr: float = option(1e-3, "Adam learning rate (default: %(default)s)", type=float)
+    weight_decay: float = option(0.0, "Adam weight decay (default: %(default)s)", type=float)
+    scheduler: str = option("cosine", "learning-rate schedule (default: %(default)s)", choices=SCHEDULERS)
+    loss: str = option(
+        "auto",
+        "loss (default: %(default)s: DiceCE, or BCE for 1 output, or Dice + BCE for regions)",
+        choices=LOSSES,
+    )
+    val_fraction: float = option(0.2, "share held out (default: %(default)s)", type=float)
+    seed: int = option(0, "seed of split, weights and augmentation (default: %(default)s)", type=int)
+    resume: bool = option(False, "continue OUTPUT/checkpoints/last.pt (default: off)", action="store_true")
+    track: bool = option(True, "do not log to MLflow (default: log)", flag="--no-track", action="store_false")
+    tracking_uri: str | None = option(
+        None, "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
+    )
+    experiment: str = option("attnunet", "MLflow experiment (default: %(default)s)")
+    artifact_location: str | None = option(
+        None, "artifact root of a new experiment (default: mlartifacts/ by sqlite)"
+    )
+    run_name: str | None = option(None, "MLflow run name (default: EXPERIMENT-DATE-TIME-XXXX, one per run)")
+    register: str | None = option(
+        None, "register the best model under NAME (default: not registered)", metavar="NAME"
+    )
+    alias: str = option(
+        "champion",
+        "alias of the registered version when its best val_mean_dice beats the version holding it "
+        "(default: %(default)s)",
+    )
+    force_alias: bool = option(
+        False,
+        "move --alias to the new version even when it does not beat the version holding it (default: off)",
+        action="store_true",
+    )
+    cache: str = option("auto", "dataset cache (default: %(default)s)", choices=CACHE_MODES)
+    cache_dir: str | None = option(None, "disk cache folder (default: OUTPUT/cache)")
+    cache_memory_gb: float | None = option(
+        None, "RAM the auto cache may fill, in GiB (default: half the free RAM)", type=float
+    )
+    num_workers: int = option(0, "data-loader workers (default: %(default)s)", type=int)
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when available)")
+    amp: bool = option(True, "mixed precision on CUDA (default: on)", action=argparse.BooleanOptionalAction)
+    sw_batch_size: int = option(SW_BATCH_SIZE, "windows per forward pass", type=int)
+    overlap: float = option(OVERLAP, "sliding-window overlap", type=float)
+    progress: bool = option(
+        True, "no progress bar (default: shown)", flag="--no-progress", action="store_false"
+    )
+    time_budget: float | None = option(
+        None,
+        "size the epochs so the run ends within it (default: none, --epochs epochs)",
+        type=float,
+        metavar="MINUTES",
+    )
+    # Not an option: what planned_config read or made from the `plan` option (a source: auto, none, a path).
+    applied_plan: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        from monai.utils import look_up_option  # MONAI's "did you mean" message; heavy, so imported here
+
+        from attnunet.transforms.presets import PRESETS
+
         for name in ("resume", "track", "force_alias", "amp", "progress"):
             setattr(self, name, flag(name, getattr(self, name)))
         self.preset = look_up_option(self.preset, tuple(PRESETS))
@@ -261,6 +351,9 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
         >>> config = config_from_plan(load_plan("plan.json"), data="Task04", output="run")  # doctest: +SKIP
     """
     network = options.get("network", TrainConfig.network)
+    from attnunet.networks import network_arguments
+    from attnunet.pipelines.planning.plan import plan_options
+
     planned = plan_options(plan, network_arguments(network))
     if options.get("preset", plan["preset"]) != plan["preset"]:
         planned["preset_kwargs"] = {}
@@ -271,7 +364,7 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
         # the plan's levels place attention blocks; a network chosen without attention has none to place
         merged["network_kwargs"].pop("attention_levels", None)
     merged["preset_kwargs"] = {**planned["preset_kwargs"], **options.get("preset_kwargs", {})}
-    return TrainConfig(plan=dict(plan), **merged)
+    return TrainConfig(applied_plan=dict(plan), **merged)
 
 
 def planned_config(plan: str | os.PathLike | None = "auto", **options: Any) -> TrainConfig:
@@ -292,6 +385,8 @@ def planned_config(plan: str | os.PathLike | None = "auto", **options: Any) -> T
         >>> planned_config("none", data="Task04", output="run", roi_size=None).roi_size
         (96, 96, 96)
     """
+    from attnunet.pipelines.planning.plan import load_plan, plan_dataset
+
     options = {k: v for k, v in options.items() if not (k in TRAIN_FIELDS and v is None)}
     if plan in (None, "none"):
         return TrainConfig(**options)
@@ -304,3 +399,27 @@ def planned_config(plan: str | os.PathLike | None = "auto", **options: Any) -> T
         # the files' voxels are checked once, by the run itself (prepare_run), not here as well
         found = plan_dataset(options["data"], device=options.get("device"), check_values=False)
     return config_from_plan(found, **options)
+
+
+# `--plan`: where the planned fields come from (planned_config's `plan`), not a TrainConfig field: the
+# config keeps the plan itself, as `applied_plan`.
+PLAN_OPTION = Option(
+    "plan",
+    "plan.json to take the unset options from; 'auto': plan DATA now (with --resume: OUTPUT/plan.json); "
+    "'none': the built-in defaults (default: %(default)s)",
+    default="auto",
+)
+
+
+def train_options() -> list[Option]:
+    """The options of ``attnunet train`` and the keys of ``configs/train.json``: ``--plan`` and one per
+    :class:`TrainConfig` field. A field the plan fills has no flag default (None: the plan's), its
+    ``--plan none`` value shown in its help."""
+    options = []
+    for opt in field_options(TrainConfig):
+        if opt.key in TRAIN_FIELDS:
+            shown = list(opt.default) if isinstance(opt.default, tuple) else opt.default
+            note = "" if opt.default is None else f" (default: from the plan; with --plan none: {shown})"
+            opt = opt.with_(cli_default=None, help=opt.help + note)
+        options.append(opt)
+    return options[:2] + [PLAN_OPTION] + options[2:]  # after --data and --output, as the help reads best

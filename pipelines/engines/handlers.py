@@ -29,7 +29,7 @@ from ignite.metrics import Average
 
 from attnunet.atomic import atomic_output
 from attnunet.checkpoints import save_checkpoint
-from attnunet.pipelines.engines.distributed import all_mean
+from attnunet.pipelines.distributed import all_mean
 
 __all__ = ["EpochRecorder", "EpochStatistics", "TimeBudget", "further_epochs", "validate_at_the_end"]
 
@@ -265,6 +265,10 @@ class EpochRecorder:
         with atomic_output(self.metrics_file) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self._records))
         checkpoint = self.checkpoint()
+        # Not ignite's Checkpoint + DiskSaver(atomic=True): saving again under a fixed name (last.pt, best.pt
+        # through filename_pattern="{name}.{ext}") first unlinks the previous file and only then writes, so a
+        # crash in between leaves no checkpoint to resume from; and it saves objects' state_dict()s, not a
+        # dict like this one (format, spec, config) that load_checkpoint checks.
         if validated and evaluator.state.best_metric_epoch == epoch:
             save_checkpoint(
                 self.best_path, {k: v for k, v in checkpoint.items() if k not in self.RESUME_ONLY}

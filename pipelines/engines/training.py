@@ -45,6 +45,7 @@ from torch.utils.data import RandomSampler
 from attnunet.atomic import atomic_output
 from attnunet.checkpoints import load_checkpoint
 from attnunet.pipelines.data.datasets import make_dataset, split_items
+from attnunet.pipelines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.engines.checks import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -61,7 +62,7 @@ from attnunet.pipelines.engines.components import (
     create_trainer,
 )
 from attnunet.pipelines.engines.config import TrainConfig, TrainResult
-from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
+from attnunet.pipelines.engines.finish import finish_run
 from attnunet.pipelines.engines.handlers import (
     EpochRecorder,
     EpochStatistics,
@@ -69,7 +70,6 @@ from attnunet.pipelines.engines.handlers import (
     validate_at_the_end,
 )
 from attnunet.pipelines.planning.plan import save_plan
-from attnunet.pipelines.tracking.finish import finish_run
 from attnunet.pipelines.tracking.mlflow_runs import RunTracker
 from attnunet.pipelines.tracking.store import check_tracking_server, resolve_tracking_uri
 from attnunet.spec import ModelSpec
@@ -176,7 +176,7 @@ def _datasets(
         )[rank]
         val_items = partition_dataset(val_items, num_partitions=world, shuffle=False)[rank]
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.output) / "cache"
-    cache_args = {"cache": config.cache, "memory_budget_gb": config.memory_budget_gb}
+    cache_args = {"cache": config.cache, "cache_memory_gb": config.cache_memory_gb}
     # Separate disk caches: the two chains' cached heads differ, and MONAI keys the cache by item only.
     train_ds = make_dataset(train_items, train_transform, cache_dir=cache_dir / "train", **cache_args)
     val_ds = make_dataset(val_items, val_transform, cache_dir=cache_dir / "val", **cache_args)
@@ -301,10 +301,10 @@ def _fit(
     recorder.attach(run.trainer, run.evaluator)
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        if config.plan is not None:
-            save_plan(config.plan, output / "plan.json")
+        if config.applied_plan is not None:
+            save_plan(config.applied_plan, output / "plan.json")
             if tracker is not None:
-                tracker.log_dict(config.plan, "plan/plan.json")
+                tracker.log_dict(config.applied_plan, "plan/plan.json")
         _write_config(output, resolved, tracker)
     run.trainer.run()
     if isinstance(budget, TimeBudget) and budget.choice:

@@ -1,1 +1,2 @@
-"""Sliding-window segmentation: input discovery, device placement and writing predictions."""
+"""Sliding-window segmentation: input discovery, device placement, writing predictions, and the MLflow model
+that serves it."""

@@ -2,7 +2,7 @@
 
 :func:`apply_model` is what ``attnunet infer``, the bundle's ``configs/inference.json`` (through
 :func:`~attnunet.pipelines.inference.predict.infer`) and the registered MLflow model
-(:mod:`attnunet.pipelines.tracking.serving`) run on every scan:
+(:mod:`attnunet.pipelines.inference.serving`) run on every scan:
 
 1. the model's preset ``"infer"`` chain (reading, RAS orientation, spacing, intensity normalisation);
 2. :func:`window_probabilities`: MONAI's :class:`~monai.inferers.SlidingWindowInferer` on the devices
@@ -177,38 +177,38 @@ def window_probabilities(
         name: the scan's name for a log line (INFO) of its size, windows and devices; None: DEBUG only.
         log: the logger of that line; default: this module's.
     """
-    plan = choose_devices(
+    placement = choose_devices(
         image.shape[1:],
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
         sw_device=windows.sw_device,
         device=windows.device,
     )
-    network.to(plan.sw_device)
+    network.to(placement.sw_device)
     roi_size = fit_roi(windows.roi_size, image.shape[1:], network, spec.network_kwargs)
     inferer = SlidingWindowInferer(
         roi_size=roi_size,
         sw_batch_size=windows.sw_batch_size,
         overlap=windows.overlap,
         mode=windows.blend,
-        sw_device=plan.sw_device,
-        device=plan.device,
+        sw_device=placement.sw_device,
+        device=placement.device,
     )
     predictor = _predictor(
         network,
         sigmoid=spec.sigmoid,
         flip_axes=_trained_flips(spec) if windows.tta else (),
-        amp=plan.sw_device.type == "cuda" if amp is None else amp,
+        amp=placement.sw_device.type == "cuda" if amp is None else amp,
     )
     # An image smaller than the planned patch is the common case (the patch covers the median shape), so
     # the shrunken window is reported, not warned about.
     (log or logger).log(
         logging.DEBUG if name is None else logging.INFO, "%s: %s voxels, windows %s on %s, stitched on %s",
-        name or "image", tuple(image.shape[1:]), list(roi_size), plan.sw_device, plan.device,
+        name or "image", tuple(image.shape[1:]), list(roi_size), placement.sw_device, placement.device,
     )  # fmt: skip
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     with torch.no_grad():  # not inference_mode: validation's metrics work on the result in place
-        return inferer(plain[None].float().to(plan.device), predictor)[0]
+        return inferer(plain[None].float().to(placement.device), predictor)[0]
 
 
 def to_labels(probabilities: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -344,6 +344,9 @@ def apply_model(
     if image.applied_operations:
         data = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)(data)
     probabilities = data["pred"]
+    if spec.regions is None and spec.out_channels > 1:
+        # the inverse of the crop to the non-zero voxels pads every class with 0; that border is background
+        probabilities[0] = 1 - probabilities[1:].sum(dim=0)
     if windows.largest_component and spec.regions is not None:
         # each region keeps its own largest component (not each written value: an inner region's value
         # covers only part of it), and the label map is written from the kept regions

@@ -23,7 +23,7 @@ from monai.utils import look_up_option
 
 __all__ = [
     "DEVICE_CHOICES",
-    "DevicePlan",
+    "DevicePlacement",
     "estimate_stitching_bytes",
     "fits_on_gpu",
     "gpu_free_bytes",
@@ -42,7 +42,7 @@ _BYTES_PER_VALUE = 4
 _COPIES = 3
 
 
-class DevicePlan(NamedTuple):
+class DevicePlacement(NamedTuple):
     """The devices chosen for one volume.
 
     Attributes:
@@ -143,7 +143,7 @@ def choose_devices(
     device: str = "auto",
     free_bytes: int | None = None,
     memory_fraction: float = 0.8,
-) -> DevicePlan:
+) -> DevicePlacement:
     """Choose where the windows run and where the volume is stitched.
 
     ``sw_device="auto"`` runs the windows on the GPU when CUDA is available, else on the CPU.
@@ -167,8 +167,8 @@ def choose_devices(
             for while the windows run on the CPU.
 
     Example:
-        >>> plan = choose_devices((512, 512, 600), in_channels=1, out_channels=3, sw_device="cpu")
-        >>> plan.sw_device, plan.device
+        >>> placement = choose_devices((512, 512, 600), in_channels=1, out_channels=3, sw_device="cpu")
+        >>> placement.sw_device, placement.device
         (device(type='cpu'), device(type='cpu'))
     """
     needed = estimate_stitching_bytes(spatial_shape, in_channels, out_channels)
@@ -181,14 +181,14 @@ def choose_devices(
                 f"device={device!r} (stitching on the GPU) needs the windows on the GPU too, but sw_device "
                 f"is {sw_device!r}{'' if torch.cuda.is_available() else ' and CUDA is not available'}"
             )
-        return DevicePlan(torch.device("cpu"), torch.device("cpu"), needed, None)
+        return DevicePlacement(torch.device("cpu"), torch.device("cpu"), needed, None)
 
     window_device = _cuda_device("cuda" if sw_kind == "auto" else str(sw_device))
     if stitch_kind == "cpu":
-        return DevicePlan(window_device, torch.device("cpu"), needed, None)
+        return DevicePlacement(window_device, torch.device("cpu"), needed, None)
     if stitch_kind == "cuda":
         stitch_device = _cuda_device(str(device))
-        return DevicePlan(window_device, stitch_device, needed, None)
+        return DevicePlacement(window_device, stitch_device, needed, None)
 
     if free_bytes is None:
         free_bytes = gpu_free_bytes(window_device)
@@ -207,4 +207,4 @@ def choose_devices(
         window_device,
         "the GPU" if fits else "the CPU",
     )
-    return DevicePlan(window_device, window_device if fits else torch.device("cpu"), needed, free_bytes)
+    return DevicePlacement(window_device, window_device if fits else torch.device("cpu"), needed, free_bytes)

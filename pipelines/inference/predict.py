@@ -48,7 +48,7 @@ from tqdm import tqdm
 from attnunet.atomic import atomic_output, refuse_existing
 from attnunet.models import load_model
 from attnunet.pipelines.data.files import check_writable_folder
-from attnunet.pipelines.engines.distributed import leave_distributed, setup_distributed
+from attnunet.pipelines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.flags import flag
 from attnunet.pipelines.inference.apply import BLEND_MODES, Windows, apply_model, write_nifti
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs

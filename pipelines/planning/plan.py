@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from attnunet.atomic import atomic_output
+from attnunet.defaults import OVERLAP
 from attnunet.pipelines.data.datasets import discover_dataset
 from attnunet.pipelines.data.validation import check_class_values, declared_channels, validate_items
+from attnunet.pipelines.planning.fields import PLAN_FIELDS, PLAN_FORMAT, TRAIN_FIELDS
 
 # Imported "as" themselves: constants that lived here before the split, re-exported.
 from attnunet.pipelines.planning.fingerprint import (
@@ -46,7 +48,6 @@ from attnunet.pipelines.planning.rules import (
     cap_2d_patch,
     choose_patch,
     choose_preset,
-    memory_budget_bytes,
     mirror_axes,
     network_kwargs,
     normalisation,
@@ -55,6 +56,7 @@ from attnunet.pipelines.planning.rules import (
     reorients,
     slice_axis,
     sliding_window_batch,
+    step_memory_bytes,
     target_spacing,
 )
 from attnunet.transforms.headers import ImageHeader
@@ -70,28 +72,13 @@ __all__ = [
     "format_plan",
 ]
 
-PLAN_FORMAT = "attnunet-plan/1"
-# Fields a user may override, in the order the table prints them.
-PLAN_FIELDS = (
-    "preset",
-    "pixdim",
-    "roi_size",
-    "depth",
-    "init_features",
-    "batch_size",
-    "num_samples",
-    "sw_batch_size",
-    "overlap",
-    "preset_kwargs",
-)
-
 
 def plan_dataset(
     data: str | os.PathLike,
     *,
     overrides: Mapping[str, Any] | None = None,
     sample_cases: int = 20,
-    memory_budget_gb: float | None = None,
+    step_memory_gb: float | None = None,
     device: str | None = None,
     seed: int = 0,
     check_values: bool = True,
@@ -102,9 +89,9 @@ def plan_dataset(
         data: a dataset :func:`attnunet.pipelines.data.datasets.discover_dataset` understands.
         overrides: values for any of ``PLAN_FIELDS``; fields derived from them are re-derived.
         sample_cases: at most this many cases (spread over the dataset) are decoded for voxel statistics.
-        memory_budget_gb: memory one training step may use; None: 80% of the GPU's, 4 GiB on a CPU.
+        step_memory_gb: memory one training step may use; None: 80% of the GPU's, 4 GiB on a CPU.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; None picks CUDA when available. It sets the memory
-            budget and the width (32 features on a GPU as the reference document, 16 on a CPU).
+            budget and the width (32 features on a GPU, 16 on a CPU).
         seed: seed of the intensity sample.
         check_values: decode every case for the checks ``attnunet train`` makes (NaN or infinite voxels,
             truncated files, label values outside the classes); False checks the classes and headers only
@@ -147,7 +134,7 @@ def plan_dataset(
     geometry, resampled = _geometry([h.oriented() if reorient else h for h in headers], overrides)
     spacing = geometry["pixdim"] or [1.0] * resampled.shape[1]  # 2D pictures: square pixels
     training, memory = _training(
-        geometry["median_shape"], spacing, resampled, overrides, device, memory_budget_gb
+        geometry["median_shape"], spacing, resampled, overrides, device, step_memory_gb
     )
     scheme, preset_kwargs = normalisation(preset, stats.intensities, channel_names(index))
     if geometry["pixdim"] and (axes := mirror_axes(stats.class_offsets, geometry["pixdim"])) != [0, 1, 2]:
@@ -213,12 +200,12 @@ def _training(
     resampled: np.ndarray,
     overrides: Mapping[str, Any],
     device: str,
-    memory_budget_gb: float | None,
+    step_memory_gb: float | None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """The plan's network, patch and batch fields, and its memory fields (budget, estimate per step)."""
     spatial_dims = resampled.shape[1]
     init_features = int(overrides.get("init_features", 32 if device.startswith("cuda") else 16))
-    budget = memory_budget_bytes(memory_budget_gb, device)
+    budget = step_memory_bytes(step_memory_gb, device)
     roi_size = overrides.get("roi_size")
     sliced = slice_axis(median_shape, spacing, on_cpu=not device.startswith("cuda"))
     crops = None
@@ -251,17 +238,13 @@ def _training(
         "batch_size": batch_size,
         "num_samples": num_samples,
         "sw_batch_size": int(overrides.get("sw_batch_size", sliding_window_batch(per_sample, budget))),
-        "overlap": float(overrides.get("overlap", 0.5)),
+        "overlap": float(overrides.get("overlap", OVERLAP)),
     }
     memory = {
-        "memory_budget_gb": round(budget / 2**30, 2),
+        "step_memory_gb": round(budget / 2**30, 2),
         "estimated_gb_per_step": round(batch_size * num_samples * per_sample / 2**30, 3),
     }
     return fields, memory
-
-
-# TrainConfig fields a plan sets (the rest keep their defaults or the user's values).
-TRAIN_FIELDS = ("preset", "pixdim", "roi_size", "batch_size", "num_samples", "sw_batch_size", "overlap")
 
 
 def plan_options(plan: Mapping[str, Any], network_parameters: Sequence[str] = ()) -> dict[str, Any]:
@@ -336,8 +319,9 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         *((f"  channel {i}", text) for i, text in enumerate(plan["normalisation"].get("channels", []))),
         ("preset options", plan["preset_kwargs"] or "-"),
         (
-            "memory",
-            f"{plan['estimated_gb_per_step']} GiB per step of {plan['memory_budget_gb']} ({plan['device']})",
+            "memory",  # memory_budget_gb: the field's name in plans written before step_memory_gb
+            f"{plan['estimated_gb_per_step']} GiB per step of "
+            f"{plan.get('step_memory_gb', plan.get('memory_budget_gb'))} ({plan['device']})",
         ),
     ]
     rows += [

@@ -53,13 +53,13 @@ __all__ = [
     "pool_and_kernel_sizes",
     "slice_axis",
     "reorients",
-    "memory_budget_bytes",
     "pooling_multiples",
     "mirror_axes",
     "network_kwargs",
     "normalisation",
     "patches_per_batch",
     "sliding_window_batch",
+    "step_memory_bytes",
     "target_spacing",
 ]
 
@@ -204,12 +204,13 @@ def bytes_per_voxel(init_features: int, pool_sizes: Sequence[Sequence[int]]) -> 
     return 4.0 * FLOATS_PER_VOXEL_AND_FEATURE * init_features * levels
 
 
-def memory_budget_bytes(memory_budget_gb: float | None, device: str) -> int:
-    """The given budget, else 80% of the GPU's memory, else 4 GiB."""
-    if memory_budget_gb is not None:
-        if not memory_budget_gb > 0:
-            raise ValueError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
-        return int(memory_budget_gb * 2**30)
+def step_memory_bytes(step_memory_gb: float | None, device: str) -> int:
+    """The memory one training step may use: the given GiB, else 80% of the GPU's memory, else 4 GiB.
+    (Not the dataset cache's RAM: that is ``datasets.cache_memory_bytes``.)"""
+    if step_memory_gb is not None:
+        if not step_memory_gb > 0:
+            raise ValueError(f"step_memory_gb must be > 0, got {step_memory_gb}")
+        return int(step_memory_gb * 2**30)
     if device.startswith("cuda"):
         return int(0.8 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
     return 4 * 2**30  # on a CPU the step time, not the memory, limits the batch

@@ -13,7 +13,7 @@ the run logs from then on and sends it, in order, once the store answers again (
 :func:`~attnunet.pipelines.tracking.store.bounded_requests`; while the store is away, it is asked again
 at most every :data:`RETRY_SECONDS`). Ending the run waits up to :data:`WAIT_AT_END_SECONDS` for it;
 what is still held back then stays on disk for ``attnunet sync``
-(:mod:`attnunet.pipelines.tracking.sync`).
+(:mod:`attnunet.pipelines.engines.sync`).
 
 A registered model's alias (``champion``) moves to a new version only when that version's run has a
 better best :data:`KEY_METRIC` than the run of the version holding it, unless ``force_alias``.
@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import mlflow
 import requests
@@ -37,7 +37,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from attnunet.pipelines.tracking.serving import log_segmentation_model
 from attnunet.pipelines.tracking.store import (
     HTTP_LIMITS,
     OFFLINE_HTTP_LIMITS,
@@ -52,6 +51,7 @@ from attnunet.pipelines.tracking.store import (
 __all__ = [
     "CONFIG_ARTIFACT",
     "KEY_METRIC",
+    "ModelLogger",
     "RunTracker",
     "check_tracking_server",
     "flatten_params",
@@ -73,6 +73,22 @@ RETRY_SECONDS = 10.0
 # How long ending a run waits for a store that is away, to send what was held back (a server restart).
 WAIT_AT_END_SECONDS = 60.0
 _T = TypeVar("_T")
+
+
+class ModelLogger(Protocol):
+    """What :meth:`RunTracker.log_model` logs a model with: log ``checkpoint``'s model in the active MLflow
+    run, register it under ``register`` (None: only log it), let ``place_alias(name, alias, version)`` decide
+    whether ``alias`` moves to the new version, and return where the model loads from
+    (:func:`attnunet.pipelines.inference.mlflow_model.log_segmentation_model`)."""
+
+    def __call__(
+        self,
+        checkpoint: str | os.PathLike,
+        *,
+        register: str | None,
+        alias: str | None,
+        place_alias: Callable[[str, str, str], bool],
+    ) -> str: ...
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -267,11 +283,17 @@ class RunTracker:
         self._call(f"uploading {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def log_model(
-        self, checkpoint: str | os.PathLike, *, register: str | None = None, alias: str | None = None
+        self,
+        checkpoint: str | os.PathLike,
+        *,
+        log_with: ModelLogger,
+        register: str | None = None,
+        alias: str | None = None,
     ) -> str | None:
-        """Log ``checkpoint`` as this run's model and register it under ``register``, with ``alias``
-        placed by :meth:`_place_alias` (:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`:
-        the pyfunc with the weights and the typed spec, the pytorch flavor, ``checkpoints/best.pt``).
+        """Log ``checkpoint`` as this run's model with ``log_with`` and register it under ``register``, with
+        ``alias`` placed by :meth:`_place_alias` (attnunet's model:
+        :func:`~attnunet.pipelines.inference.mlflow_model.log_segmentation_model`, the pyfunc with the weights
+        and the typed spec, the pytorch flavor, ``checkpoints/best.pt``).
 
         Returns:
             where the model loads from (``models:/NAME@ALIAS`` when the alias is on the new version,
@@ -280,7 +302,7 @@ class RunTracker:
         """
 
         def log() -> str:
-            self.model_uri = log_segmentation_model(
+            self.model_uri = log_with(
                 checkpoint, register=register, alias=alias, place_alias=self._place_alias
             )
             return self.model_uri

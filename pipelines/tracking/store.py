@@ -4,7 +4,8 @@ it, and a sqlite store's one-time schema creation.
 The store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory for MLflow 3) unless
 ``MLFLOW_TRACKING_URI`` or an explicit ``tracking_uri`` names another one (an ``mlflow server`` URL, a
 sqlite file, a PostgreSQL database). :func:`check_tracking_server` fails fast, before any training, when
-that store cannot be reached.
+that store cannot be reached. :func:`resolve_tracking_uri` and :func:`check_store_exists` are
+:mod:`attnunet.mlflow_store`'s, which reading a registered model needs without the tracking.
 
 HTTP limits: MLflow retries a failed HTTP call 7 times with exponential backoff and waits up to 120 s for
 each answer (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``,
@@ -23,11 +24,12 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import mlflow
 from filelock import FileLock, Timeout
 from mlflow.tracking import MlflowClient
+
+from attnunet.mlflow_store import check_store_exists, resolve_tracking_uri, sqlite_database
 
 __all__ = [
     "HTTP_LIMITS",
@@ -57,23 +59,6 @@ SCHEMA_LOCK_SECONDS = 120.0
 _HINT = "start the server, or set --tracking-uri / MLFLOW_TRACKING_URI to a reachable store"
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Return the tracking URI a run will use.
-
-    Args:
-        tracking_uri: an explicit URI (``http://host:5000``, ``sqlite:///path/mlflow.db``, ...); when
-            None, ``MLFLOW_TRACKING_URI`` if set, else MLflow's own default (``sqlite:///mlflow.db``
-            in the working directory).
-
-    Example:
-        >>> resolve_tracking_uri("sqlite:///runs.db")
-        'sqlite:///runs.db'
-    """
-    if tracking_uri:
-        return str(tracking_uri)
-    return mlflow.get_tracking_uri()
-
-
 def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
     """Fail fast when the tracking store behind ``tracking_uri`` cannot be reached.
 
@@ -99,7 +84,7 @@ def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
             ) from None
         return
     if tracking_uri.startswith("sqlite:///"):
-        folder = _database(tracking_uri).parent
+        folder = sqlite_database(tracking_uri).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConnectionError(
                 f"MLflow tracking store {tracking_uri}: folder {folder} does not exist or is not writable; "
@@ -112,29 +97,6 @@ def check_tracking_server(tracking_uri: str, *, timeout: float = 5.0) -> None:
         raise ConnectionError(
             f"MLflow tracking store {tracking_uri} is not usable ({error}); {_HINT}"
         ) from None
-
-
-def check_store_exists(tracking_uri: str, wanted: str) -> None:
-    """Refuse a local store that does not exist, before reading ``wanted`` from it: MLflow would create an
-    empty one (a new ``mlflow.db`` in the working folder) and then report the model missing.
-
-    A ``sqlite:///`` store needs its database file, a ``file:`` store (or a bare path) its folder; other
-    stores (a server, a database server) exist or fail on their own.
-
-    Raises:
-        FileNotFoundError: no store where ``tracking_uri`` points; the message says how to point at one.
-    """
-    if tracking_uri.startswith("sqlite:///"):
-        where = _database(tracking_uri)
-    elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
-        where = Path(urllib.request.url2pathname(tracking_uri.removeprefix("file://").removeprefix("file:")))
-    else:
-        return
-    if not where.exists():
-        raise FileNotFoundError(
-            f"{wanted}: no MLflow store at {where.resolve()} (tracking URI {tracking_uri}); point at the "
-            "store that holds it with --tracking-uri or MLFLOW_TRACKING_URI"
-        )
 
 
 @contextlib.contextmanager
@@ -173,15 +135,11 @@ def bounded_requests(limits: Mapping[str, str] = HTTP_LIMITS) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def _database(tracking_uri: str) -> Path:
-    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
-
-
 def beside_the_database(tracking_uri: str) -> str | None:
     """``<database folder>/mlartifacts`` for a ``sqlite:///`` store, None (MLflow's choice) otherwise."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return (_database(tracking_uri).parent / "mlartifacts").as_uri()
+    return (sqlite_database(tracking_uri).parent / "mlartifacts").as_uri()
 
 
 @contextlib.contextmanager
@@ -199,7 +157,7 @@ def schema_created_once(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    lock = _database(tracking_uri).with_name(_database(tracking_uri).name + ".lock")
+    lock = sqlite_database(tracking_uri).with_name(sqlite_database(tracking_uri).name + ".lock")
     try:
         with FileLock(str(lock), timeout=SCHEMA_LOCK_SECONDS):
             yield

@@ -1,5 +1,5 @@
 """What a finished training run leaves in MLflow: an overlay of a validation case, and the model
-(:func:`~attnunet.pipelines.tracking.serving.log_segmentation_model`: the best checkpoint as the run's
+(:func:`~attnunet.pipelines.inference.mlflow_model.log_segmentation_model`: the best checkpoint as the run's
 ``checkpoints/best.pt``, which :func:`attnunet.load_model` rebuilds a registered model from, and the
 logged, optionally registered model whose pyfunc segments scans and whose pytorch flavor is the network).
 ``result.model_uri`` stays None when the store was away until the end: ``attnunet sync`` sends the rest.
@@ -13,6 +13,7 @@ from attnunet.checkpoints import model_from_checkpoint
 from attnunet.pipelines.engines.config import TrainConfig, TrainResult
 from attnunet.pipelines.evaluation.overlays import save_overlay
 from attnunet.pipelines.inference.apply import Windows, to_labels, window_probabilities
+from attnunet.pipelines.inference.mlflow_model import log_segmentation_model
 from attnunet.pipelines.tracking.mlflow_runs import RunTracker
 
 __all__ = ["finish_run"]
@@ -38,7 +39,9 @@ def finish_run(result: TrainResult, tracker: RunTracker, sample: dict[str, Any],
     tracker.log_artifact(overlay, artifact_path="overlays")
     # Under the tracker's rules: what a store that is away misses is sent when it is back (ending the run
     # waits a while for it); the alias moves only to a better run (or forced).
-    tracker.log_model(result.best_checkpoint, register=config.register, alias=config.alias)
+    tracker.log_model(
+        result.best_checkpoint, log_with=log_segmentation_model, register=config.register, alias=config.alias
+    )
     tracker.end("FINISHED")
     result.model_uri, result.run_id, result.tracking_uri = (
         tracker.model_uri,

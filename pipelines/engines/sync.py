@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from attnunet.checkpoints import load_checkpoint
 from attnunet.pipelines.engines.checks import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
+from attnunet.pipelines.inference.mlflow_model import log_segmentation_model
 from attnunet.pipelines.tracking.mlflow_runs import STORE_ERRORS, RunTracker, what_failed
 from attnunet.pipelines.tracking.store import bounded_requests, check_tracking_server, resolve_tracking_uri
 
@@ -154,6 +155,9 @@ def _send(
     best = output / CHECKPOINT_DIR / "best.pt"
     if best.is_file() and "checkpoints" not in artifacts:  # the model logs its checkpoint first
         tracker.log_model(
-            best, register=register or config.get("register"), alias=alias or config.get("alias")
+            best,
+            log_with=log_segmentation_model,
+            register=register or config.get("register"),
+            alias=alias or config.get("alias"),
         )
     return sent

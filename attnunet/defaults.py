@@ -1,0 +1,14 @@
+"""Sliding-window defaults shared by validation (``TrainConfig``), the plan and inference (``ModelSpec``).
+
+Declared once here, in a module that imports nothing, so the command line's option declarations can
+show them without loading torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["OVERLAP", "SW_BATCH_SIZE"]
+
+# nnU-Net's overlap (half a window); benchmarks/README.md measured no reason for a smaller one (its 0.25
+# runs time the network, not the accuracy of the stitching).
+OVERLAP = 0.5
+SW_BATCH_SIZE = 4  # windows per forward pass where no plan chose a number
