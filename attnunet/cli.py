@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fingerprint a dataset and write plan.json (patch, spacing, batch)",
     ),
     "train": ("attnunet.pipelines.commands.train", "train a network with MONAI engines, tracked in MLflow"),
+    "cv": (
+        "attnunet.pipelines.commands.cv",
+        "summarise a cross-validation's finished folds (Dice, HD95, surface Dice, post-processing)",
+    ),
     "infer": (
         "attnunet.pipelines.commands.infer",
         "sliding-window segmentation of files, folders or DICOM series",
@@ -62,6 +66,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("attnunet.pipelines.commands.export", "export a network or checkpoint to TorchScript or ONNX"),
     "bundle": ("attnunet.pipelines.commands.bundle", "write a MONAI bundle for your own dataset"),
+    "view": (
+        "attnunet.pipelines.commands.view",
+        "serve evaluate's report, or one image with its overlays, to a browser",
+    ),
 }
 
 

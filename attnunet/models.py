@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -26,9 +27,19 @@ from attnunet.checkpoints import (
     load_weights,
     model_from_checkpoint,
 )
+from attnunet.cv_layout import FOLD_CHECKPOINT, SPLITS_FILE, fold_number
 from attnunet.spec import ModelSpec
 
-__all__ = ["CHECKPOINT_ARTIFACT", "REGISTRY_SCHEMES", "SAFE_TARGETS", "load_model"]
+__all__ = [
+    "CHECKPOINT_ARTIFACT",
+    "REGISTRY_SCHEMES",
+    "SAFE_TARGETS",
+    "fold_checkpoints",
+    "is_cv_folder",
+    "load_model",
+]
+
+logger = logging.getLogger(__name__)
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 # Module prefixes a bundle's network_def may instantiate; anything else is code we do not run.
@@ -38,6 +49,7 @@ _BUNDLE_KEYS = ("preset", "preset_kwargs", "pixdim", "roi_size")
 # Where a training run logs its best checkpoint (weights and spec), read back for registry models.
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
 _BUNDLE_RUN_HINT = "run such a bundle with 'python -m monai.bundle run --config_file ...' instead"
+# A cross-validation output folder: this file beside one fold_N/ folder per fold, each trained as a run.
 
 
 def load_model(
@@ -68,6 +80,11 @@ def load_model(
     if str(source).startswith(REGISTRY_SCHEMES):
         return _load_registered(str(source), tracking_uri, device)
     path = Path(source)
+    if is_cv_folder(path):
+        raise ValueError(
+            f"model {source} is a cross-validation folder of {len(fold_checkpoints(path))} fold models; "
+            "apply them together as an ensemble (attnunet infer --model FOLDER, or load_ensemble)"
+        )
     if path.is_dir():
         return _load_bundle(path, device)
     if not path.exists():
@@ -75,6 +92,47 @@ def load_model(
             f"model {source} does not exist (give a checkpoint file, a bundle folder or models:/NAME@ALIAS)"
         )
     return model_from_checkpoint(path, device)
+
+
+def is_cv_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a cross-validation output folder (it holds :data:`SPLITS_FILE`)."""
+    return not str(path).startswith(REGISTRY_SCHEMES) and (Path(path) / SPLITS_FILE).is_file()
+
+
+def fold_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Each ``fold_N/checkpoints/best.pt`` of a cross-validation folder, in fold order.
+
+    Raises:
+        FileNotFoundError: no fold folder, or a fold without its best checkpoint (still training, or
+            stopped): an ensemble silently short of a fold would not be the cross-validation's model.
+    """
+    folds = [fold for fold in Path(folder).iterdir() if fold.is_dir() and fold_number(fold) is not None]
+    if not folds:
+        raise FileNotFoundError(f"cross-validation folder {folder} has {SPLITS_FILE} but no fold_N folders")
+    folds.sort(key=fold_number)
+    _warn_untrained_folds(Path(folder), [fold_number(fold) for fold in folds])
+    missing = [str(fold / FOLD_CHECKPOINT) for fold in folds if not (fold / FOLD_CHECKPOINT).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"cross-validation folder {folder}: {', '.join(missing)} missing (a fold still training, or "
+            "stopped)"
+        )
+    return [fold / FOLD_CHECKPOINT for fold in folds]
+
+
+def _warn_untrained_folds(folder: Path, trained: list[int]) -> None:
+    """Say so when the splits hold folds that have no folder yet: a smaller ensemble is a choice (folds
+    trained one by one), but not one to make unnoticed."""
+    try:
+        splits = json.loads((folder / SPLITS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    untrained = sorted(set(range(len(splits))) - set(trained)) if isinstance(splits, list) else []
+    if untrained:
+        logger.warning(
+            "cross-validation folder %s: folds %s of its %d are not trained; the ensemble is of folds %s",
+            folder, untrained, len(splits), trained,
+        )  # fmt: skip
 
 
 def _load_bundle(folder: Path, device: str | torch.device) -> tuple[torch.nn.Module, ModelSpec]:
@@ -226,6 +284,7 @@ def _load_registered(
     except MlflowException as error:
         raise ValueError(
             f"model {model_uri} cannot be loaded from {client.tracking_uri} (it needs its run's "
-            f"{CHECKPOINT_ARTIFACT}, which 'attnunet train' logs): {error.message}"
+            f"{CHECKPOINT_ARTIFACT}, which 'attnunet train' logs; a logged ensemble runs through "
+            f"mlflow.pyfunc.load_model or mlflow models serve): {error.message}"
         ) from None
     return model_from_checkpoint(checkpoint, device)

@@ -26,10 +26,11 @@ from attnunet import load_model
 from attnunet.checkpoints import load_checkpoint
 from attnunet.cli import main
 from attnunet.pipelines.bundle.paths import bundle_template_dir, default_dataset_dir
-from attnunet.pipelines.bundle.runner import run_config
+from attnunet.pipelines.bundle.runner import run_config, train_to
 from attnunet.pipelines.commands import evaluate as evaluate_command
 from attnunet.pipelines.commands import infer as infer_command
 from attnunet.pipelines.commands import train as train_command
+from attnunet.pipelines.engines.config import TrainConfig
 
 # Small enough for a CPU: the demo fixture's 32 x 32 x 16 volumes, 16^3 patches, a 4-feature network.
 TINY = {
@@ -241,3 +242,11 @@ def test_the_runner_refuses_config_syntax_inside_lists_and_dicts(tmp_path, place
     with pytest.raises(ValueError, match=r"may not start with \$, @ or %"):
         run_config("inference.json", "inference", place(f"$open({str(marker)!r}, 'w')"))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("folds", [{"folds": 2}, {"fold": 0}])
+def test_a_bundle_model_is_one_model_not_a_cross_validation(tmp_path, folds):
+    config = TrainConfig(data=str(tmp_path / "data"), output=str(tmp_path / "run"), **folds)
+    with pytest.raises(ValueError, match="holds one model, and cross-validation trains one per fold"):
+        train_to(config, tmp_path / "models" / "model.pt")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()

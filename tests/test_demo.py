@@ -30,6 +30,7 @@ def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
         "Dice mean",
         "predictions:",
         "overlay:",
+        f"report:       {output / 'evaluation' / 'report.html'}  (open it with: attnunet view",
         "models:/attnunet-demo@",
     ):
         assert text in printed
@@ -44,6 +45,7 @@ def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
     assert (output / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((output / "evaluation" / "summary.json").read_text())
     assert set(summary["classes"]) == {"organ", "lesion"} and summary["num_evaluated"] == 2
+    assert (output / "evaluation" / "report_files" / "niivue" / "niivue.js").is_file()  # the results page
     assert (output / "train" / "checkpoints" / "best.pt").is_file()
     assert not (tmp_path / "mlflow.db").exists()  # the demo keeps its store in its own folder
 

@@ -250,7 +250,7 @@ def test_help_shows_the_default_of_every_optional_option(capsys):
     optional = [
         text for text in options if not text.startswith(("-h", "--predictions", "--labels", "--output"))
     ]
-    assert len(optional) == 6 and all("(default: " in text for text in optional)
+    assert len(optional) == 7 and all("(default: " in text for text in optional)
     assert any("(default: [2.0])" in text for text in optional)
 
 

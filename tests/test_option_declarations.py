@@ -25,7 +25,7 @@ import pytest
 from attnunet.cli import COMMANDS, main
 from attnunet.defaults import OVERLAP
 from attnunet.pipelines.bundle.paths import bundle_template_dir
-from attnunet.pipelines.commands import demo, evaluate, export, infer, plan, summary, sync
+from attnunet.pipelines.commands import cv, demo, evaluate, export, infer, plan, summary, sync, view
 from attnunet.pipelines.engines import config as train_config
 from attnunet.pipelines.engines.config import PLAN_OPTION, TrainConfig, planned_config, train_options
 from attnunet.pipelines.options import SAME, Option
@@ -46,6 +46,8 @@ DECLARED: dict[str, list[Option]] = {
     "sync": list(sync.OPTIONS),
     "summary": list(summary.SUMMARY_OPTIONS),
     "export": list(export.EXPORT_OPTIONS),
+    "cv": list(cv.OPTIONS),
+    "view": list(view.OPTIONS),
 }
 # Config keys that are the bundle's own structure, not options.
 STRUCTURE = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -16,7 +17,16 @@ from attnunet.cli import main
 from attnunet.networks import create_network
 from attnunet.pipelines.data.validation import DataValidationError
 from attnunet.pipelines.engines import config_from_plan
-from attnunet.pipelines.planning.plan import PLAN_FORMAT, format_plan, load_plan, plan_dataset, save_plan
+from attnunet.pipelines.planning.plan import (
+    PLAN_FORMAT,
+    TRAIN_FIELDS,
+    PlannedOptions,
+    format_plan,
+    load_plan,
+    plan_dataset,
+    plan_options,
+    save_plan,
+)
 from attnunet.pipelines.planning.rules import (
     CPU_2D_CROPS,
     MIN_ORDERED_CASES,
@@ -165,6 +175,24 @@ def test_a_run_without_attention_takes_the_plan_but_not_its_attention_levels(tmp
     create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, **none.network_kwargs)
     gate = config_from_plan(plan, **options, network_kwargs={"attention": "gate"})
     assert gate.network_kwargs["attention_levels"] == plan["network_kwargs"]["attention_levels"]
+
+
+def test_planned_options_are_the_train_fields_and_merge_under_the_users(tmp_path):
+    root = write_msd(tmp_path / "mr", [(30, 40, 20)] * 2, [(1.0,) * 3] * 2)
+    plan = plan_dataset(root, device="cpu")
+    planned = plan_options(plan, ["init_features", "depth"])
+    assert [f.name for f in dataclasses.fields(PlannedOptions)] == [
+        *TRAIN_FIELDS,
+        "network_kwargs",
+        "preset_kwargs",
+    ]
+    assert set(planned.network_kwargs) == {"init_features", "depth"}  # what the network takes, no more
+    merged = planned.under({"batch_size": 7, "network_kwargs": {"depth": 2}, "preset_kwargs": {"x": 1}})
+    assert merged["batch_size"] == 7 and merged["roi_size"] == plan["roi_size"]  # the user's win
+    assert merged["network_kwargs"] == {"init_features": plan["init_features"], "depth": 2}
+    assert merged["preset_kwargs"] == {**plan["preset_kwargs"], "x": 1}
+    other = planned.under({"preset": "ct"})  # another preset: the plan's preset options do not apply
+    assert other["preset"] == "ct" and other["preset_kwargs"] == {}
 
 
 def test_unknown_override_is_refused_with_the_list(tmp_path):

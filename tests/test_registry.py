@@ -226,7 +226,7 @@ def test_plan_options_pass_the_plans_geometry_to_each_peer(name):
         "num_samples": 1, "sw_batch_size": 1, "overlap": 0.5, "preset_kwargs": {},
         "network_kwargs": network_kwargs(pools, kernels, init_features=4, device="cpu"),
     }  # fmt: skip
-    options = plan_options(plan, registry.network_arguments(name))["network_kwargs"]
+    options = plan_options(plan, registry.network_arguments(name)).network_kwargs
     assert options["pool_sizes"] == [[2, 2, 1]] * 3 and options["kernel_sizes"] == kernels
     assert "attention_levels" not in options and "deep_supervision" not in options  # ours alone takes them
     net = create_network(name, spatial_dims=3, in_channels=2, out_channels=3, **options)

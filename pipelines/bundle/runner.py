@@ -83,6 +83,12 @@ def _original(error: RuntimeError) -> BaseException:
 def train_to(config: TrainConfig, model_path: str | os.PathLike | None = None) -> TrainResult:
     """:func:`~attnunet.pipelines.engines.training.train`, then the best checkpoint copied to
     ``model_path`` (a bundle's ``models/model.pt``) when one is given, on rank 0 only."""
+    if model_path is not None and (config.folds or config.fold is not None):
+        raise ValueError(
+            "a bundle's models/model.pt holds one model, and cross-validation trains one per fold: run it "
+            "with 'attnunet train --folds' (or set model_path to null) and ensemble the folds with "
+            "'attnunet infer --model OUTPUT'"
+        )
     check_writable_folder(config.output)  # before the data is checked and cached, not at the first epoch
     result = train(config)
     if model_path is not None and int(os.environ.get("RANK", "0")) == 0:

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if result.summary is not None:
         lines.append(f"  evaluation:   {result.summary['files']['summary_csv']}")
+    if result.report is not None:
+        lines.append(f"  report:       {result.report}  (open it with: attnunet view {result.report.parent})")
     lines += [
         f"  MLflow run:   {trained.run_id} in {trained.tracking_uri}",
         f"  model:        {trained.model_uri}",

@@ -86,6 +86,12 @@ EVALUATE_OPTIONS: tuple[Option, ...] = (
         "folder of field-of-view masks: score inside them only, as DRIVE's mask/ "
         "(default: none, score every voxel)",
     ),
+    Option(
+        "images",
+        "folder of the images the labels were drawn on (<case>.nii.gz, <case>_0000.nii.gz, DICOM series "
+        "folders): also write OUTPUT/report.html, each case's scores and a viewer of its image, reference "
+        "and prediction; open it with attnunet view OUTPUT (default: none, no report)",
+    ),
     Option("overwrite", "replace existing result files (default: off, refuse)", False, action="store_true"),
     Option("progress", "no progress bar (default: shown)", True, flag="--no-progress", action="store_false"),
 )
@@ -115,4 +121,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{class_name}: {text}")
     print(f"{summary['num_evaluated']}/{summary['num_cases']} cases evaluated; results in {args.output}")
+    if "report" in summary["files"]:
+        print(f"report: {summary['files']['report']}; open it with: attnunet view {args.output}")
     return 1 if summary["missing"] or summary["mismatched"] else 0

@@ -36,7 +36,9 @@ INFER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "model",
-        "checkpoint file, MONAI bundle folder or MLflow model URI (models:/NAME@ALIAS)",
+        "checkpoint file, MONAI bundle folder, MLflow model URI (models:/NAME@ALIAS) or cross-validation "
+        "folder (all its folds); several: their ensemble, the class probabilities averaged",
+        nargs="+",
         required=True,
     ),
     Option("output", "folder for the label maps", required=True),
@@ -64,7 +66,8 @@ INFER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "largest_component",
-        "keep the largest connected component per class, or per region (default: off)",
+        "keep the largest connected component of every class, or region (default: off; a "
+        "cross-validation folder's postprocessing.json still applies to the classes it lists)",
         False,
         action="store_true",
     ),

@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from attnunet.pipelines.bundle.runner import run_config
 
     result = run_config("train.json", "training", train_overrides(args))
+    if args.folds is not None or args.fold is not None:  # a cross-validation (engines.cv.CVResult)
+        from attnunet.pipelines.commands.cv import report_cv
+
+        return report_cv(result)
     if result.run_id is not None or int(os.environ.get("RANK", "0")) == 0:
         print(
             f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}; "

@@ -7,8 +7,10 @@
    registered as ``attnunet-demo@champion``;
 3. segments the held-out cases (``imagesTs``) from the registered model with sliding-window
    inference (:func:`attnunet.pipelines.inference.predict.infer`) and writes NIfTI predictions;
-4. scores them against ``labelsTs`` (:func:`attnunet.pipelines.evaluation.metrics.evaluate`), writes an
-   overlay PNG, and prints the Dice per class and where everything is.
+4. scores them against ``labelsTs`` (:func:`attnunet.pipelines.evaluation.metrics.evaluate`), writes the
+   results page ``evaluation/report.html`` (``attnunet view OUTPUT/evaluation`` serves it) and an
+   overlay PNG, and prints the Dice per class and where everything is. The page is not logged to MLflow:
+   the training run has ended by then.
 
 Without ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` the demo keeps its MLflow store inside the
 output folder (``OUTPUT/mlflow.db``, artifacts in ``OUTPUT/mlartifacts``), so one folder holds the
@@ -54,6 +56,7 @@ class DemoResult:
         predictions: the NIfTI label maps of the held-out cases.
         overlay: the overlay PNG of the first held-out case.
         summary: the evaluation summary (None when the held-out cases have no labels).
+        report: the results page (None without labels).
     """
 
     output: Path
@@ -62,6 +65,7 @@ class DemoResult:
     predictions: list[Path]
     overlay: Path
     summary: dict[str, Any] | None
+    report: Path | None = None
 
 
 def _prepare_output(output: Path, overwrite: bool) -> None:
@@ -162,7 +166,8 @@ def run_demo(
         announce(config)
     result = train(config)
     predictions, overlay, summary = _segment_held_out(images, labels, output, result, device, progress)
-    return DemoResult(output, data, result, predictions, overlay, summary)
+    report = Path(summary["files"]["report"]) if summary is not None else None
+    return DemoResult(output, data, result, predictions, overlay, summary, report)
 
 
 # The options a demo user would want to see; the rest are attnunet train's defaults.
@@ -207,6 +212,7 @@ def _segment_held_out(
             labels,
             output_dir=output / "evaluation",
             class_names=result.config.get("labels", DEMO_LABELS),
+            images=images,
             overwrite=True,
         )
     overlay = _overlay(

@@ -121,11 +121,16 @@ class TrainConfig:
         applied_plan: the plan (:func:`~attnunet.pipelines.planning.plan.plan_dataset`) these options
             came from; it is saved as ``output/plan.json`` and logged to MLflow. :func:`config_from_plan`
             builds a config from one. Not an option: the ``plan`` option names where it comes from.
+        folds: train a cross-validation of this many folds, each into ``output/fold_K``
+            (:func:`attnunet.pipelines.engines.cv.cross_validate`), the fold's ``val`` cases its validation
+            set; None: one split by ``val_fraction``.
+        fold: train only this fold of the cross-validation (0-based).
+        splits: a split file in nnU-Net's ``splits_final.json`` format to take the folds from.
         time_budget: minutes the whole run (training and validation) may take; after every epoch the
             number of epochs is set to what fits at the last epoch's speed (``epochs`` is then only an
             upper bound's starting value), with the cosine schedule annealed to 0 at the last one;
             an epoch is then at least 50 steps (whole passes over the training cases). None trains
-            ``epochs`` epochs of one pass each.
+            ``epochs`` epochs of one pass each. With ``folds``, it covers all the folds together.
 
     Example:
         >>> config = TrainConfig(data="data/demo", output="runs/demo", roi_size=(64, 64, 32), epochs=2)
@@ -232,6 +237,26 @@ class TrainConfig:
         type=float,
         metavar="MINUTES",
     )
+    folds: int | None = option(
+        None,
+        "cross-validation: train each of N folds in turn into OUTPUT/fold_K, then summarise them as "
+        "'attnunet cv OUTPUT' does; --time-budget covers all folds (default: one split by --val-fraction)",
+        type=int,
+        metavar="N",
+    )
+    fold: int | None = option(
+        None,
+        "train only fold K of the cross-validation, into OUTPUT/fold_K (the folds of --splits, else of "
+        "OUTPUT/splits.json, else nnU-Net's 5) (default: every fold with --folds)",
+        type=int,
+        metavar="K",
+    )
+    splits: str | None = option(
+        None,
+        "nnU-Net splits_final.json to take the folds from, copied to OUTPUT/splits.json (default: "
+        "OUTPUT/splits.json, else nnU-Net's split of the sorted cases)",
+        metavar="FILE",
+    )
     # Not an option: what planned_config read or made from the `plan` option (a source: auto, none, a path).
     applied_plan: dict[str, Any] | None = None
 
@@ -270,6 +295,10 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be > 0 minutes, got {self.time_budget}")
+        if self.folds is not None and self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.fold is not None and not 0 <= self.fold < (self.folds or self.fold + 1):
+            raise ValueError(f"fold must be >= 0 and below folds ({self.folds}), got {self.fold}")
         if self.time_budget is not None and self.resume:
             raise ValueError("time_budget cannot be combined with resume: the budget sizes a whole run")
 
@@ -355,16 +384,7 @@ def config_from_plan(plan: dict[str, Any], **options: Any) -> TrainConfig:
     from attnunet.pipelines.planning.plan import plan_options
 
     planned = plan_options(plan, network_arguments(network))
-    if options.get("preset", plan["preset"]) != plan["preset"]:
-        planned["preset_kwargs"] = {}
-    merged = {**planned, **options}
-    chosen = options.get("network_kwargs", {})
-    merged["network_kwargs"] = {**planned["network_kwargs"], **chosen}
-    if chosen.get("attention") == "none" and "attention_levels" not in chosen:
-        # the plan's levels place attention blocks; a network chosen without attention has none to place
-        merged["network_kwargs"].pop("attention_levels", None)
-    merged["preset_kwargs"] = {**planned["preset_kwargs"], **options.get("preset_kwargs", {})}
-    return TrainConfig(applied_plan=dict(plan), **merged)
+    return TrainConfig(applied_plan=dict(plan), **planned.under(options))
 
 
 def planned_config(plan: str | os.PathLike | None = "auto", **options: Any) -> TrainConfig:

@@ -31,8 +31,9 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.contrib.handlers import ProgressBar
@@ -45,6 +46,7 @@ from torch.utils.data import RandomSampler
 from attnunet.atomic import atomic_output
 from attnunet.checkpoints import load_checkpoint
 from attnunet.pipelines.data.datasets import make_dataset, split_items
+from attnunet.pipelines.data.splits import case_ids, fold_items
 from attnunet.pipelines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.engines.checks import (
     CHECKPOINT_DIR,
@@ -75,6 +77,9 @@ from attnunet.pipelines.tracking.store import check_tracking_server, resolve_tra
 from attnunet.spec import ModelSpec
 from attnunet.transforms.presets import build_transforms
 
+if TYPE_CHECKING:
+    from attnunet.pipelines.engines.cv import CVResult
+
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "train"]
 
 logger = logging.getLogger(__name__)
@@ -82,8 +87,17 @@ logger = logging.getLogger(__name__)
 BUDGET_EPOCH_STEPS = 50  # the fewest optimiser steps in an epoch of a time-budgeted run
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    split: Mapping[str, Sequence[str]] | None = None,
+    parent_run_id: str | None = None,
+) -> TrainResult | CVResult:
     """Train a segmentation network as ``config`` says, with checkpoints and MLflow tracking.
+
+    With ``config.folds`` or ``config.fold`` set this is a cross-validation
+    (:func:`attnunet.pipelines.engines.cv.cross_validate`, which trains each fold by this function with
+    its ``split``), returning its :class:`~attnunet.pipelines.engines.cv.CVResult`.
 
     Steps: check the tracking store (fails before any training), discover and validate the data and fit
     the patch (:func:`~attnunet.pipelines.engines.checks.prepare_run`), split it, build cached datasets,
@@ -94,6 +108,10 @@ def train(config: TrainConfig) -> TrainResult:
 
     Args:
         config: the options (see :class:`TrainConfig`).
+        split: a fold, ``{"train": [case ids], "val": [case ids]}`` (ids as
+            :func:`~attnunet.pipelines.data.splits.case_ids` names them); None: the split by
+            ``val_fraction`` and ``seed``.
+        parent_run_id: the MLflow run this one is a child of (a fold's cross-validation run).
 
     Returns:
         a :class:`TrainResult`.
@@ -110,14 +128,25 @@ def train(config: TrainConfig) -> TrainResult:
         >>> config = TrainConfig(data="demo", output="runs/a", roi_size=(64, 64, 32), epochs=2)
         >>> result = train(config)  # doctest: +SKIP
     """
+    if split is None and (config.folds is not None or config.fold is not None):
+        from attnunet.pipelines.engines.cv import cross_validate
+
+        return cross_validate(config)
     rank, world, device = setup_distributed(config.device)
     try:
-        return _train(config, rank, world, device)
+        return _train(config, rank, world, device, split, parent_run_id)
     finally:
         leave_distributed(world)
 
 
-def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    rank: int,
+    world: int,
+    device: torch.device,
+    split: Mapping[str, Sequence[str]] | None,
+    parent_run_id: str | None,
+) -> TrainResult:
     started = time.perf_counter()  # the time budget counts from here: data checks and caching included
     if not Path(config.data).exists():
         raise FileNotFoundError(f"--data {config.data} does not exist")
@@ -133,7 +162,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
     # --resume leaves the earlier run as it was.
     prepared = prepare_run(config, resumed, rank)
     config = prepared.config
-    splits = split_items(prepared.items, val_fraction=config.val_fraction, seed=config.seed)
+    splits = _split(prepared.items, config, split)
     if world > 1 and len(splits[1]) < world:
         raise ValueError(
             f"{len(splits[1])} validation cases cannot be shared by {world} processes; raise --val-fraction"
@@ -148,6 +177,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
             run_id=resumed.get("mlflow_run_id") if resumed else None,
             artifact_location=config.artifact_location,
             force_alias=config.force_alias,
+            parent_run_id=parent_run_id,
             kept_on_disk=f"every epoch's metrics are kept in {output / METRICS_FILE}, the checkpoints in "
             f"{output / CHECKPOINT_DIR}",
         )
@@ -157,6 +187,16 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         if tracker is not None:
             tracker.end("FAILED")
         raise
+
+
+def _split(
+    items: list[dict], config: TrainConfig, split: Mapping[str, Sequence[str]] | None
+) -> tuple[list[dict], list[dict]]:
+    """Training and validation cases: a fold's by case id (no further split), else the seeded split by
+    ``val_fraction``."""
+    if split is None:
+        return split_items(items, val_fraction=config.val_fraction, seed=config.seed)
+    return fold_items(items, case_ids(items), {side: list(split[side]) for side in ("train", "val")})
 
 
 def _datasets(

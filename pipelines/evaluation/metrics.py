@@ -12,7 +12,9 @@ voxel spacing; ``regions`` adds unions of label values scored the same way, as a
   or what does not match (shape, affine, values outside the classes);
 - ``summary.csv`` and ``summary.json``: mean, std and count of cases (``n``) per class, region and metric,
   the mean over classes (regions left out) with the number of classes it averaged (``classes``), the
-  missing and mismatched cases by name.
+  missing and mismatched cases by name;
+- with ``images``, ``report.html`` (:mod:`attnunet.pipelines.evaluation.report`): the cases' scores and
+  volumes, worst first, and a viewer of each case's image with its reference and prediction.
 
 A label may be a DICOM SEG (``labelsTs/<case>.dcm`` for the prediction of series ``<case>/``): it is
 read onto the grid of the series it was made from, found beside it
@@ -55,6 +57,7 @@ from attnunet.pipelines.evaluation.reports import (
     summarise,
     write_reports,
 )
+from attnunet.pipelines.evaluation.server import REPORT_FILE
 from attnunet.pipelines.flags import flag
 from attnunet.transforms.formats import IMAGE2D_SUFFIXES, IMAGE_SUFFIXES
 from attnunet.transforms.headers import binary_mask, loader_for
@@ -313,6 +316,7 @@ def evaluate(
     regions: Mapping[str, int | Sequence[int]] | None = None,
     tolerance_mm: float | Sequence[float] = 2.0,
     fov: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any] | None:
@@ -338,6 +342,9 @@ def evaluate(
             class then one per region.
         fov: a folder of field-of-view masks (DRIVE's ``mask/``): every metric is computed inside each
             case's mask only (prediction and label are set to background outside it).
+        images: the folder of the images the labels were drawn on (``<case>.nii.gz``, ``<case>_0000.nii.gz``,
+            DICOM series folders ``<case>/``...): also write ``report.html``, the results page, and its
+            ``report_files/`` (:func:`attnunet.pipelines.evaluation.report.write_report`). Default: none.
         overwrite, progress: replace existing result files in ``output_dir``; a progress bar over cases.
 
     Returns:
@@ -345,7 +352,8 @@ def evaluate(
         ``missing`` (case names), ``mismatched`` (case -> reason), ``unmatched_predictions``,
         ``classes`` and ``regions`` (name -> metric -> mean/std/n), ``region_values`` (name -> label
         values), ``mean`` (metric -> mean over classes),
-        ``mean_classes`` (metric -> how many classes that mean averaged), ``tolerance_mm`` and ``files``.
+        ``mean_classes`` (metric -> how many classes that mean averaged), ``tolerance_mm`` and ``files``
+        (``report`` among them with ``images``).
         Hausdorff distances are in mm; infinite or NaN values (an empty prediction or label) count in
         ``metrics.csv`` but not in the means. A class or region absent from both the prediction and the
         label of a case scores NaN in every metric (MONAI's metrics), so that case is left out of its means.
@@ -365,7 +373,10 @@ def evaluate(
     if int(os.environ.get("RANK", "0")) > 0:
         return None
     targets = [Path(output_dir) / name for name in (CASES_FILE, SUMMARY_CSV, SUMMARY_JSON)]
-    refuse_existing(targets, overwrite)
+    report = Path(output_dir) / REPORT_FILE
+    refuse_existing([*targets, *([report] if images is not None else [])], overwrite)
+    if images is not None and not Path(images).is_dir():
+        raise FileNotFoundError(f"images {images} is not a folder")
     label_files = _image_files(labels, "labels", LABEL_SUFFIXES)
     prediction_files = _image_files(predictions, "predictions", PREDICTION_SUFFIXES)
     fov_files = _image_files(fov, "fov", PREDICTION_SUFFIXES) if fov is not None else {}
@@ -386,9 +397,20 @@ def evaluate(
         "region_values": region_values,
         "tolerance_mm": dict(zip(foreground + list(region_values), thresholds, strict=True)),
         "fov": None if fov is None else str(fov),
-        "files": {"cases": str(targets[0]), "summary_csv": str(targets[1]), "summary_json": str(targets[2])},
+        "files": {
+            "cases": str(targets[0]),
+            "summary_csv": str(targets[1]),
+            "summary_json": str(targets[2]),
+            **({"report": str(report)} if images is not None else {}),
+        },
     }
     write_reports(targets, rows, summary, fov is not None)
+    if images is not None:
+        from attnunet.pipelines.evaluation.report import write_report  # nibabel, the page's files
+
+        given = {"predictions": predictions, "labels": labels}
+        sources = {what: str(where) for what, where in given.items() if isinstance(where, (str, os.PathLike))}
+        write_report(report, rows, table, list(region_values), images, sources=sources)
     if summary["missing"]:
         logger.warning(
             "%d case(s) have no prediction: %s", len(summary["missing"]), ", ".join(summary["missing"])

@@ -17,9 +17,12 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from attnunet.pipelines.evaluation.report import CLASS_COLOURS
+
 __all__ = ["choose_slice", "save_overlay"]
 
-_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
+# The colours the results pages give the classes, so a PNG and a page colour a class alike.
+_COLOURS = list(CLASS_COLOURS)
 
 
 def _as_array(volume: np.ndarray | torch.Tensor, name: str) -> np.ndarray:

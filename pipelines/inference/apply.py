@@ -12,7 +12,11 @@
 3. :class:`~monai.transforms.Invertd` back to the scan's grid, argmax (or ``>= 0.5`` for one sigmoid
    output; for a region model each region's sigmoid ``> 0.5``, its label value written region after
    region, :meth:`attnunet.regions.Regions.label_map`) and optionally
-   :class:`~monai.transforms.KeepLargestConnectedComponent`.
+   :class:`~monai.transforms.KeepLargestConnectedComponent` of chosen classes.
+
+An :class:`~attnunet.pipelines.inference.ensemble.Ensemble` goes the same way: step 1 once, step 2 per
+member (each with its own flips) and the probabilities averaged, step 3 once, with the largest-component
+classes the ensemble carries.
 
 Validation during training runs step 2 alone on its already preprocessed volumes, without flips
 (:class:`ValidationInferer`).
@@ -39,6 +43,7 @@ from monai.utils import look_up_option
 
 from attnunet.pipelines.data.files import innermost_cause
 from attnunet.pipelines.inference.devices import DEVICE_CHOICES, choose_devices
+from attnunet.pipelines.inference.ensemble import Ensemble, label_values
 from attnunet.roi import fit_roi
 from attnunet.spec import ModelSpec
 from attnunet.transforms.presets import build_transforms, mirrored_axes
@@ -68,14 +73,19 @@ Scan = str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | torch.Tens
 
 @dataclass(frozen=True)
 class Windows:
-    """How one model is applied: sliding-window settings, test-time flips and post-processing."""
+    """How one model is applied: sliding-window settings, test-time flips and post-processing.
+
+    ``largest_component``: True keeps the largest connected component of every foreground class (of each
+    region of a region model); a tuple of label values (class indices; a region model's written values),
+    of those only.
+    """
 
     roi_size: tuple[int, ...]
     overlap: float
     sw_batch_size: int
     blend: str = "gaussian"
     tta: bool = True
-    largest_component: bool = False
+    largest_component: bool | tuple[int, ...] = False
     sw_device: str = "auto"
     device: str = "auto"
 
@@ -104,7 +114,21 @@ class Windows:
         options["blend"] = look_up_option(options.get("blend", "gaussian"), BLEND_MODES)
         for name in ("sw_device", "device"):
             look_up_option(str(options.get(name, "auto")).split(":")[0], DEVICE_CHOICES)
+        values = options.get("largest_component", False)
+        if not isinstance(values, bool):
+            values = options["largest_component"] = tuple(sorted({int(value) for value in values}))
+            if not set(values) <= set(label_values(spec)):
+                raise ValueError(
+                    f"largest_component values must be among {list(label_values(spec))}, got {list(values)}"
+                )
         return cls(roi, overlap, sw_batch_size, **options)
+
+    def component_values(self, spec: ModelSpec) -> tuple[int, ...]:
+        """The label-map values whose largest component alone is kept (True: every foreground class; a
+        region model keeps each region's instead, before its label map is written)."""
+        if self.largest_component is True:
+            return () if spec.regions is not None else tuple(range(1, max(spec.out_channels, 2)))
+        return tuple(self.largest_component or ())
 
 
 class Segmentation(NamedTuple):
@@ -157,7 +181,7 @@ def _trained_flips(spec: ModelSpec) -> list[int]:
 
 
 def window_probabilities(
-    network: torch.nn.Module,
+    network: torch.nn.Module | Ensemble,
     spec: ModelSpec,
     image: torch.Tensor,
     windows: Windows,
@@ -170,13 +194,25 @@ def window_probabilities(
 
     A window axis larger than the image padded to the network's multiple is clamped to that size (a
     bigger window only computes zeros: 256^3 windows on a 64 x 64 x 32 image ran for over 15 minutes).
-    The result is on the stitching device.
+    The result is on the stitching device. An ensemble's is the mean of its members' probabilities, each
+    stitched with the member's own flips and placement.
 
     Args:
         amp: autocast the network; None: on CUDA only.
         name: the scan's name for a log line (INFO) of its size, windows and devices; None: DEBUG only.
         log: the logger of that line; default: this module's.
     """
+    if isinstance(network, Ensemble):
+        total: torch.Tensor | None = None
+        count = len(network.networks)
+        for number, (member, member_spec) in enumerate(zip(network.networks, network.specs, strict=True)):
+            member_name = None if name is None else f"{name} (model {number + 1} of {count})"
+            scores = window_probabilities(
+                member, member_spec, image, windows, amp=amp, name=member_name, log=log
+            )
+            total = scores if total is None else total.add_(scores.to(total.device))
+        assert total is not None  # an ensemble has at least one member
+        return total.div_(count)
     placement = choose_devices(
         image.shape[1:],
         in_channels=spec.in_channels,
@@ -286,7 +322,7 @@ def _array_scan(array: np.ndarray | torch.Tensor, affine: Any, spec: ModelSpec, 
 
 
 def apply_model(
-    network: torch.nn.Module,
+    network: torch.nn.Module | Ensemble,
     spec: ModelSpec,
     scan: Scan,
     windows: Windows | None = None,
@@ -299,8 +335,10 @@ def apply_model(
     """Segment one scan: the model's preset, sliding windows, flips, inversion to the scan's grid.
 
     Args:
-        network: the model, as :func:`attnunet.load_model` returns it (eval mode).
-        spec: its :class:`~attnunet.spec.ModelSpec`.
+        network: the model, as :func:`attnunet.load_model` returns it (eval mode), or an
+            :class:`~attnunet.pipelines.inference.ensemble.Ensemble` of models (probabilities averaged; the
+            largest-component classes it carries are applied besides ``windows``').
+        spec: its :class:`~attnunet.spec.ModelSpec` (an ensemble's: ``ensemble.spec``).
         scan: an image file (NIfTI, NRRD, MetaImage; pictures for a 2D model), a DICOM series folder, a
             list of files (one per channel, stacked as one image), or a voxel array ``(x, y, z)`` or
             ``(channels, x, y, z)`` with its ``affine`` (read as the NIfTI file it stands for: never the
@@ -322,6 +360,8 @@ def apply_model(
         >>> network, spec = load_model("models:/attnunet-demo@champion")  # doctest: +SKIP
         >>> labels = apply_model(network, spec, "case_004.nii.gz").labels  # doctest: +SKIP
     """
+    if isinstance(network, Ensemble) and spec != network.spec:
+        raise ValueError("apply_model: an ensemble is applied with its own spec, ensemble.spec")
     windows = windows or Windows.for_model(spec)
     if isinstance(scan, (np.ndarray, torch.Tensor)):
         with tempfile.TemporaryDirectory(prefix="attnunet-scan-") as folder:
@@ -347,15 +387,18 @@ def apply_model(
     if spec.regions is None and spec.out_channels > 1:
         # the inverse of the crop to the non-zero voxels pads every class with 0; that border is background
         probabilities[0] = 1 - probabilities[1:].sum(dim=0)
-    if windows.largest_component and spec.regions is not None:
+    if windows.largest_component is True and spec.regions is not None:
         # each region keeps its own largest component (not each written value: an inner region's value
         # covers only part of it), and the label map is written from the kept regions
         largest = KeepLargestConnectedComponent(list(range(spec.out_channels)), is_onehot=True)
-        return Segmentation(probabilities, to_labels(largest(probabilities > 0.5), spec))
-    labels = to_labels(probabilities, spec)
-    if windows.largest_component:
-        foreground = list(range(1, max(spec.out_channels, 2)))
-        labels = KeepLargestConnectedComponent(applied_labels=foreground)(labels)
+        labels = to_labels(largest(probabilities > 0.5), spec)
+    else:
+        labels = to_labels(probabilities, spec)
+    kept = set(windows.component_values(spec))
+    if isinstance(network, Ensemble):  # its chosen post-processing holds wherever it is applied
+        kept.update(network.largest_component)
+    if kept:  # label values, as the cross-validation chose them on label maps
+        labels = KeepLargestConnectedComponent(applied_labels=sorted(kept))(labels)
     return Segmentation(probabilities, labels)
 
 

@@ -15,6 +15,10 @@
 
 The model's metadata holds the spec too (``attnunet_spec``), to read without downloading the weights.
 
+:func:`log_ensemble_model` logs an ensemble of models (several checkpoints, a cross-validation folder's
+folds) as one such model, pyfunc only (there is no one network to pickle): it keeps each member's
+checkpoint and the ensemble's post-processing, and segments as ``attnunet infer --model A B ...`` does.
+
 Which call gives what, for ``URI = "models:/NAME@ALIAS"`` (or the ``models:/m-...`` URI of an unregistered
 model):
 
@@ -29,14 +33,16 @@ model):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import gzip
 import importlib.metadata
 import io
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -52,13 +58,14 @@ from mlflow.types.schema import Array, Object, Property
 from PIL import Image
 from torch import nn
 
-from attnunet.checkpoints import model_from_checkpoint
+from attnunet.checkpoints import model_from_checkpoint, save_checkpoint
 from attnunet.models import CHECKPOINT_ARTIFACT
 from attnunet.pipelines.inference.apply import class_names
-from attnunet.pipelines.inference.serving import CHECKPOINT_KEY, IMAGE_COLUMN
+from attnunet.pipelines.inference.ensemble import ModelSource, build_ensemble
+from attnunet.pipelines.inference.serving import CHECKPOINT_KEY, ENSEMBLE_KEY, IMAGE_COLUMN
 from attnunet.spec import ModelSpec
 
-__all__ = ["MODEL_NAME", "log_segmentation_model"]
+__all__ = ["MODEL_NAME", "log_ensemble_model", "log_segmentation_model"]
 
 # The logged model's name in its run.
 MODEL_NAME = "model"
@@ -99,35 +106,100 @@ def log_segmentation_model(
         ValueError: no MLflow run is active, or ``checkpoint`` is not an attnunet checkpoint.
         FileNotFoundError: ``checkpoint`` does not exist.
     """
-    if mlflow.active_run() is None:
-        raise ValueError(
-            "log_segmentation_model: no MLflow run is active; call it inside a RunTracker's run or "
-            "mlflow.start_run()"
-        )
+    _need_run("log_segmentation_model")
     network, spec = model_from_checkpoint(checkpoint)
-    example = pd.DataFrame({IMAGE_COLUMN: [_example_scan(spec)]})
     # Model.log takes a flavor module: anything with save_model (its __name__ is recorded as the flavor).
     flavors = SimpleNamespace(__name__="mlflow.pyfunc", save_model=functools.partial(_save, network=network))
     with tempfile.TemporaryDirectory() as folder:
         # Under the name attnunet.load_model reads, whatever the file is called here.
         best = Path(shutil.copyfile(checkpoint, Path(folder) / Path(CHECKPOINT_ARTIFACT).name))
         mlflow.log_artifact(str(best), artifact_path=str(Path(CHECKPOINT_ARTIFACT).parent))
-        info = Model.log(
-            artifact_path=None,  # MLflow 3 names a model instead
-            name=MODEL_NAME,
-            flavor=flavors,
-            python_model=str(_CODE_FILE),
-            artifacts={CHECKPOINT_KEY: str(best)},
-            signature=_signature(spec),
-            input_example=example,
-            # attnunet's own dependencies (torch, MONAI, MLflow) come with it.
-            pip_requirements=[f"attnunet>={importlib.metadata.version('attnunet')}"],
-            metadata={"attnunet_spec": spec.to_dict()},
-            # Declared so that a loader may override it (MLflow ignores undeclared keys); MLflow also
-            # logs it as the run's parameter sw_device.
-            model_config={"sw_device": "auto"},
-            registered_model_name=register,
+        return _log(flavors, spec, {CHECKPOINT_KEY: str(best)}, {}, register, alias, place_alias)
+
+
+def log_ensemble_model(
+    models: ModelSource | Sequence[ModelSource],
+    *,
+    largest_component: Sequence[int] | None = None,
+    tracking_uri: str | None = None,
+    register: str | None = None,
+    alias: str | None = None,
+    place_alias: Callable[[str, str, str], bool] | None = None,
+) -> str:
+    """Log the ensemble of ``models`` as one MLflow model (pyfunc) in the active MLflow run; register it.
+
+    The model keeps each member's checkpoint (rewritten from the loaded weights and spec, whatever the
+    source was) and serves as ``attnunet infer --model MODELS...`` segments: probabilities averaged, then
+    the ensemble's post-processing.
+
+    Args:
+        models: checkpoints, bundle folders, ``models:/`` URIs or cross-validation folders (all folds), as
+            :func:`~attnunet.pipelines.inference.ensemble.build_ensemble` takes them.
+        largest_component: the classes whose largest component alone is kept; None: what the
+            cross-validation folders' ``postprocessing.json`` chose (none without one).
+        tracking_uri: the store of ``models:/`` members (default: the active one's).
+        register, alias, place_alias: as :func:`log_segmentation_model`.
+
+    Returns:
+        where the model loads from, as :func:`log_segmentation_model` returns it.
+
+    Raises:
+        ValueError: no MLflow run is active, or the models cannot be ensembled.
+        FileNotFoundError: a model does not exist.
+    """
+    _need_run("log_ensemble_model")
+    ensemble = build_ensemble(models, tracking_uri=tracking_uri or mlflow.get_tracking_uri())
+    if largest_component is not None:  # checked against the classes as the ensemble checks its own
+        ensemble = dataclasses.replace(ensemble, largest_component=tuple(largest_component))
+    keys = [f"member_{index}" for index in range(len(ensemble.networks))]
+    described = {
+        "members": keys,
+        "names": list(ensemble.names),
+        "largest_component": list(ensemble.largest_component),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts = {ENSEMBLE_KEY: str(Path(folder) / "ensemble.json")}
+        Path(artifacts[ENSEMBLE_KEY]).write_text(json.dumps(described, indent=2))
+        for key, network, spec in zip(keys, ensemble.networks, ensemble.specs, strict=True):
+            state = {"spec": spec.to_dict(), "model": network.state_dict()}
+            artifacts[key] = str(save_checkpoint(Path(folder) / f"{key}.pt", state))
+        metadata = {"attnunet_ensemble": described}
+        return _log(mlflow.pyfunc, ensemble.spec, artifacts, metadata, register, alias, place_alias)
+
+
+def _need_run(caller: str) -> None:
+    if mlflow.active_run() is None:
+        raise ValueError(
+            f"{caller}: no MLflow run is active; call it inside a RunTracker's run or mlflow.start_run()"
         )
+
+
+def _log(
+    flavor: Any,
+    spec: ModelSpec,
+    artifacts: dict[str, str],
+    metadata: dict[str, Any],
+    register: str | None,
+    alias: str | None,
+    place_alias: Callable[[str, str, str], bool] | None,
+) -> str:
+    """Log the pyfunc from code with ``artifacts`` under :data:`MODEL_NAME`, register it, place the alias."""
+    info = Model.log(
+        artifact_path=None,  # MLflow 3 names a model instead
+        name=MODEL_NAME,
+        flavor=flavor,
+        python_model=str(_CODE_FILE),
+        artifacts=artifacts,
+        signature=_signature(spec),
+        input_example=pd.DataFrame({IMAGE_COLUMN: [_example_scan(spec)]}),
+        # attnunet's own dependencies (torch, MONAI, MLflow) come with it.
+        pip_requirements=[f"attnunet>={importlib.metadata.version('attnunet')}"],
+        metadata={"attnunet_spec": spec.to_dict(), **metadata},
+        # Declared so that a loader may override it (MLflow ignores undeclared keys); MLflow also
+        # logs it as the run's parameter sw_device.
+        model_config={"sw_device": "auto"},
+        registered_model_name=register,
+    )
     if register is None:
         return info.model_uri
     version = str(info.registered_model_version)

@@ -7,7 +7,9 @@
 - a CSV file with an ``image`` column (paths relative to the CSV's folder),
 
 with a model from a checkpoint (``.pt`` from ``attnunet train``), a MONAI bundle folder
-(``configs/inference.json`` + ``models/model.pt``) or the MLflow registry (``models:/NAME@ALIAS``).
+(``configs/inference.json`` + ``models/model.pt``) or the MLflow registry (``models:/NAME@ALIAS``), or
+with the ensemble of several such models, or of a cross-validation folder's folds
+(:mod:`~attnunet.pipelines.inference.ensemble`: their probabilities averaged).
 
 Each case goes through :func:`~attnunet.pipelines.inference.apply.apply_model`, the one model-apply path
 (the MLflow model runs it too): the checkpoint's preset ``"infer"`` transforms (reading, orientation,
@@ -46,11 +48,11 @@ from monai.utils import look_up_option
 from tqdm import tqdm
 
 from attnunet.atomic import atomic_output, refuse_existing
-from attnunet.models import load_model
 from attnunet.pipelines.data.files import check_writable_folder
 from attnunet.pipelines.distributed import leave_distributed, setup_distributed
 from attnunet.pipelines.flags import flag
 from attnunet.pipelines.inference.apply import BLEND_MODES, Windows, apply_model, write_nifti
+from attnunet.pipelines.inference.ensemble import ModelSource, load_ensemble
 from attnunet.pipelines.inference.inputs import InferenceCase, discover_inputs
 from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
@@ -114,7 +116,7 @@ def infer(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    model: str | os.PathLike,
+    model: ModelSource | Sequence[ModelSource],
     tracking_uri: str | None = None,
     roi_size: Sequence[int] | None = None,
     overlap: float | None = None,
@@ -135,12 +137,17 @@ def infer(
         inputs: an image file, a folder of images, a DICOM series folder, a CSV with an ``image``
             column, or a list of these (see :func:`discover_inputs`).
         output_dir: where the label maps (uint8) are written.
-        model: a checkpoint, a bundle folder or ``models:/NAME@ALIAS`` (:func:`attnunet.load_model`).
+        model: a checkpoint, a bundle folder or ``models:/NAME@ALIAS`` (:func:`attnunet.load_model`), a
+            cross-validation folder (``splits.json``, ``fold_N/checkpoints/best.pt``: all its folds, and the
+            classes its ``postprocessing.json`` keeps the largest component of), or a list of these: their
+            ensemble, the class probabilities averaged
+            (:func:`~attnunet.pipelines.inference.ensemble.load_ensemble`).
         tracking_uri: the MLflow store of a ``models:/`` model (default: ``MLFLOW_TRACKING_URI``).
         roi_size, overlap, sw_batch_size: sliding windows; None: the model spec's own.
         blend: ``"gaussian"`` (down-weights window borders) or ``"constant"``.
         tta: average the softmax over flips along the axes mirrored in training (the preset's flip_axes).
-        largest_component: keep only the largest connected component of each foreground class.
+        largest_component: keep only the largest connected component of each foreground class (a
+            cross-validation folder's ``postprocessing.json`` classes are kept so without it).
         output_format: ``"nifti"`` (``<case>.nii.gz``) or ``"dicom-seg"`` (``<case>.dcm``: a DICOM SEG
             per input series, a segment per foreground class, referencing the series).
         probabilities: also write class probabilities (float32) to ``output_dir/probabilities/``.
@@ -155,9 +162,9 @@ def infer(
         the label-map paths written, one per case, in input order.
 
     Raises:
-        ValueError: not a model, bad options, or bad inputs (see :func:`discover_inputs`); or cases that
-            could not be segmented (all listed, raised once every other case is written; under
-            ``torchrun`` by rank 0 only).
+        ValueError: not a model, models that cannot be ensembled, bad options, or bad inputs (see
+            :func:`discover_inputs`); or cases that could not be segmented (all listed, raised once every
+            other case is written; under ``torchrun`` by rank 0 only).
         NotADirectoryError, PermissionError: ``output_dir`` cannot be written.
         FileNotFoundError: an input or the model does not exist.
         FileExistsError: outputs exist and ``overwrite`` is False (all of them are listed).
@@ -170,7 +177,7 @@ def infer(
     probabilities, overwrite = flag("probabilities", probabilities), flag("overwrite", overwrite)
     progress = flag("progress", progress)
     check_writable_folder(output_dir)
-    network, spec = load_model(model, device="cpu", tracking_uri=tracking_uri)
+    network, spec = load_ensemble(model, device="cpu", tracking_uri=tracking_uri)
     windows = Windows.for_model(
         spec, roi_size, overlap, sw_batch_size, blend=blend, tta=tta,
         largest_component=largest_component, sw_device=sw_device, device=device,

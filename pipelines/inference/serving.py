@@ -9,10 +9,15 @@ optional ``tta`` and ``largest_component``) and returns, per scan, the label map
 (base64 ``.nii.gz``, or a DICOM SEG for a series), the class names and each class's volume. Each scan goes
 through :func:`~attnunet.pipelines.inference.apply.apply_model`, exactly as ``attnunet infer`` segments
 it; a bare voxel array is refused (the model's preset needs the scan's spacing and orientation).
+
+An ensemble's model (:func:`~attnunet.pipelines.inference.mlflow_model.log_ensemble_model`) keeps each
+member's checkpoint as an artifact and, as ``ensemble``, a JSON file naming them with the classes whose
+largest component the ensemble keeps; it is applied as ``attnunet infer --model A B ...`` applies it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,15 +28,19 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
+from torch import nn
 
 from attnunet.models import load_model
 from attnunet.pipelines.inference.apply import Windows, apply_model, class_names, volumes_ml, write_nifti
 from attnunet.pipelines.inference.devices import choose_devices
+from attnunet.pipelines.inference.ensemble import Ensemble
 from attnunet.pipelines.inference.payload import DEFAULT_MAX_SCAN_MB, decode_scan, encode_file
+from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "ENSEMBLE_KEY",
     "IMAGE_COLUMN",
     "MAX_SCAN_ENV",
     "OUTPUT_COLUMNS",
@@ -41,6 +50,8 @@ __all__ = [
 
 # The model's artifact holding the checkpoint.
 CHECKPOINT_KEY = "checkpoint"
+# An ensemble's artifact: {"members": [artifact keys], "names": [...], "largest_component": [...]}.
+ENSEMBLE_KEY = "ensemble"
 # The request's column of base64 scans, and the answer's columns.
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("label", "classes", "volumes_ml")
@@ -103,19 +114,34 @@ def _option(row: pd.Series, name: str, default: bool, where: str) -> bool:
     raise ScanRequestError(f"{where}: column {name!r} must be true or false, got {value!r}")
 
 
+def load_artifacts(artifacts: dict[str, str]) -> tuple[nn.Module | Ensemble, ModelSpec]:
+    """The model a pyfunc's artifacts hold: one checkpoint, or an ensemble's member checkpoints."""
+    if CHECKPOINT_KEY in artifacts:
+        return load_model(artifacts[CHECKPOINT_KEY])
+    described = json.loads(Path(artifacts[ENSEMBLE_KEY]).read_text())
+    loaded = [load_model(artifacts[key]) for key in described["members"]]
+    ensemble = Ensemble(
+        networks=tuple(network for network, _ in loaded),
+        specs=tuple(spec for _, spec in loaded),
+        names=tuple(described["names"]),
+        largest_component=tuple(described["largest_component"]),
+    )
+    return ensemble, ensemble.spec
+
+
 class SegmentationModel(PythonModel):
     """The pyfunc of an attnunet model: scans in, label maps on each scan's grid out.
 
     MLflow builds it from ``serving_model.py`` and calls :meth:`load_context` with the model's
-    ``checkpoint`` artifact before any :meth:`predict`. ``model_config`` in ``mlflow.pyfunc.load_model``
-    may set ``sw_device`` (where the windows run: ``"auto"``, ``"cpu"``, ``"cuda:1"``), ``device`` (where
-    the volume is stitched) and ``max_scan_mb`` (default: the ``ATTNUNET_MAX_SCAN_MB`` environment
-    variable, else 1024).
+    ``checkpoint`` artifact (an ensemble's: its members' and ``ensemble``) before any :meth:`predict`.
+    ``model_config`` in ``mlflow.pyfunc.load_model`` may set ``sw_device`` (where the windows run:
+    ``"auto"``, ``"cpu"``, ``"cuda:1"``), ``device`` (where the volume is stitched) and ``max_scan_mb``
+    (default: the ``ATTNUNET_MAX_SCAN_MB`` environment variable, else 1024).
     """
 
     def load_context(self, context: PythonModelContext) -> None:
         """Rebuild network and spec from the checkpoint (``weights_only=True``; older formats upgrade)."""
-        self.network, self.spec = load_model(context.artifacts[CHECKPOINT_KEY])
+        self.network, self.spec = load_artifacts(context.artifacts)
         config = context.model_config or {}
         self.sw_device = str(config.get("sw_device", "auto"))
         self.device = str(config.get("device", "auto"))

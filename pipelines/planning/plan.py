@@ -17,6 +17,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ __all__ = [
     "plan_dataset",
     "plan_options",
     "TRAIN_FIELDS",
+    "PlannedOptions",
     "save_plan",
     "load_plan",
     "format_plan",
@@ -247,18 +249,52 @@ def _training(
     return fields, memory
 
 
-def plan_options(plan: Mapping[str, Any], network_parameters: Sequence[str] = ()) -> dict[str, Any]:
-    """The :class:`~attnunet.pipelines.engines.training.TrainConfig` options ``plan`` sets.
+@dataclass(frozen=True)
+class PlannedOptions:
+    """The part of a :class:`~attnunet.pipelines.engines.config.TrainConfig` a plan sets: ``TRAIN_FIELDS``
+    and the network's and the preset's keyword arguments."""
+
+    preset: str
+    pixdim: Sequence[float] | None
+    roi_size: Sequence[int]
+    batch_size: int
+    num_samples: int
+    sw_batch_size: int
+    overlap: float
+    network_kwargs: Mapping[str, Any]
+    preset_kwargs: Mapping[str, Any]
+
+    def under(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``TrainConfig`` keyword arguments: ``options`` over these, ``network_kwargs`` and
+        ``preset_kwargs`` key by key; the plan's preset options are dropped when ``options`` choose another
+        preset, and its ``attention_levels`` when they choose ``attention="none"`` (no block to place)."""
+        planned_preset = {} if options.get("preset", self.preset) != self.preset else dict(self.preset_kwargs)
+        chosen = dict(options.get("network_kwargs", {}))
+        network = {**self.network_kwargs, **chosen}
+        if chosen.get("attention") == "none" and "attention_levels" not in chosen:
+            network.pop("attention_levels", None)
+        fields = {name: getattr(self, name) for name in TRAIN_FIELDS}
+        return {
+            **fields,
+            **options,
+            "network_kwargs": network,
+            "preset_kwargs": {**planned_preset, **options.get("preset_kwargs", {})},
+        }
+
+
+def plan_options(plan: Mapping[str, Any], network_parameters: Sequence[str] = ()) -> PlannedOptions:
+    """The :class:`~attnunet.pipelines.engines.config.TrainConfig` options ``plan`` sets.
 
     Args:
         plan: a plan from :func:`plan_dataset` or :func:`load_plan`.
         network_parameters: the keyword arguments the chosen network accepts; the plan's depth and width
             are passed only to a network that takes ``depth`` and ``init_features``.
     """
-    options: dict[str, Any] = {name: plan[name] for name in TRAIN_FIELDS}
-    options["preset_kwargs"] = dict(plan["preset_kwargs"])
-    options["network_kwargs"] = {k: v for k, v in plan["network_kwargs"].items() if k in network_parameters}
-    return options
+    return PlannedOptions(
+        **{name: plan[name] for name in TRAIN_FIELDS},
+        network_kwargs={k: v for k, v in plan["network_kwargs"].items() if k in network_parameters},
+        preset_kwargs=dict(plan["preset_kwargs"]),
+    )
 
 
 def save_plan(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:

@@ -51,9 +51,11 @@ from attnunet.pipelines.tracking.store import (
 __all__ = [
     "CONFIG_ARTIFACT",
     "KEY_METRIC",
+    "PARENT_RUN_TAG",
     "ModelLogger",
     "RunTracker",
     "check_tracking_server",
+    "experiment_id_for",
     "flatten_params",
     "resolve_tracking_uri",
     "what_failed",
@@ -68,6 +70,8 @@ KEY_METRIC = "val_mean_dice"
 # What a failing store raises: MLflow's own errors (HTTP and SQL ones are wrapped in them), requests' and
 # the file system's.
 STORE_ERRORS = (MlflowException, requests.RequestException, OSError)
+# The tag that makes a run the child of another (what mlflow.start_run(nested=True) sets).
+PARENT_RUN_TAG = "mlflow.parentRunId"
 # While the store is away, records are held back and it is asked again at most this often (one short try).
 RETRY_SECONDS = 10.0
 # How long ending a run waits for a store that is away, to send what was held back (a server restart).
@@ -115,6 +119,23 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return params
 
 
+def experiment_id_for(
+    client: MlflowClient, experiment: str, artifact_location: str | None, tracking_uri: str
+) -> str:
+    """The id of ``experiment``, created when missing with its artifacts at ``artifact_location`` (default:
+    for a sqlite store, ``mlartifacts/`` beside the database file)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_location or beside_the_database(tracking_uri)
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as error:  # a run started at the same moment created it first
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
 class RunTracker:
     """One MLflow run of a training job: parameters, metrics, artifacts, model and registry.
 
@@ -137,6 +158,7 @@ class RunTracker:
         kept_on_disk: where the run's records stay when the store fails (named in the warning).
         wait_at_end: seconds :meth:`end` waits for a store that is away (default
             :data:`WAIT_AT_END_SECONDS`).
+        parent_run_id: start the run as a child of this run (a cross-validation fold's run).
 
     Raises:
         ConnectionError: the store cannot be reached, or fails while the run starts.
@@ -159,6 +181,7 @@ class RunTracker:
         force_alias: bool = False,
         kept_on_disk: str | None = None,
         wait_at_end: float | None = None,
+        parent_run_id: str | None = None,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         check_tracking_server(self.tracking_uri)
@@ -174,7 +197,7 @@ class RunTracker:
         try:
             with bounded_requests(), schema_created_once(self.tracking_uri):
                 self.client = MlflowClient(self.tracking_uri)  # a new sqlite store gets its tables here
-                self.run = self._start(experiment, run_name, run_id, artifact_location)
+                self.run = self._start(experiment, run_name, run_id, artifact_location, parent_run_id)
         except STORE_ERRORS as error:
             self._restore.close()
             raise ConnectionError(
@@ -187,24 +210,23 @@ class RunTracker:
         self.run_id: str = self.run.info.run_id
 
     def _start(
-        self, experiment: str, run_name: str | None, run_id: str | None, artifact_location: str | None
+        self,
+        experiment: str,
+        run_name: str | None,
+        run_id: str | None,
+        artifact_location: str | None,
+        parent_run_id: str | None,
     ) -> mlflow.ActiveRun:
         if run_id is not None:
             return mlflow.start_run(run_id=run_id)
         # Not MLflow's generated name: the training seeds Python's random module before the run starts,
         # which gave every run the same one.
         run_name = run_name or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            return mlflow.start_run(experiment_id=found.experiment_id, run_name=run_name)
-        location = artifact_location or beside_the_database(self.tracking_uri)
-        try:
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        except MlflowException as error:  # a run started at the same moment created it first
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+        experiment_id = experiment_id_for(self.client, experiment, artifact_location, self.tracking_uri)
+        # A child run by MLflow's tag, not nested=True: its parent may be open in another process (a fold
+        # trained by `attnunet train --fold K` beside the others), never MLflow's active run here.
+        tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
+        return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
 
     @property
     def offline(self) -> bool:
