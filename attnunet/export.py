@@ -31,9 +31,9 @@ from monai.utils import look_up_option
 from torch import nn
 
 from attnunet.atomic import atomic_output, refuse_existing
-from attnunet.summary import add_network_arguments, default_input_size, network_from_args
+from attnunet.summary import default_input_size, network_from_args
 
-__all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "add_arguments", "export_onnx", "export_torchscript", "run"]
+__all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "export_onnx", "export_torchscript", "run"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 23  # the first opset with the fused Attention operator
@@ -140,17 +140,6 @@ def export_onnx(
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp))
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``attnunet export``."""
-    add_network_arguments(parser, preset_default=None)
-    parser.add_argument("--checkpoint", help="an attnunet checkpoint to export instead of a fresh --preset")
-    parser.add_argument("--format", default="torchscript", help="torchscript (default) or onnx")
-    parser.add_argument("--output", required=True, help="the file to write")
-    parser.add_argument("--method", default="script", help="TorchScript method: script (default) or trace")
-    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,11 +17,9 @@ from collections.abc import Sequence
 import torchinfo
 from torch import nn
 
-from attnunet.networks import create_network, list_networks
+from attnunet.networks import create_network
 
 __all__ = [
-    "add_arguments",
-    "add_network_arguments",
     "default_input_size",
     "network_from_args",
     "run",
@@ -107,38 +105,9 @@ def _json_kwargs(text: str | None) -> dict:
     return kwargs
 
 
-def add_network_arguments(parser: argparse.ArgumentParser, *, preset_default: str | None) -> None:
-    """The options that name a network preset and an input (shared by ``summary`` and ``export``)."""
-    parser.add_argument(
-        "--preset",
-        default=preset_default,
-        metavar="NAME",
-        help=f"registered network name, one of: {', '.join(list_networks())}"
-        + (f" (default {preset_default})" if preset_default else ""),
-    )
-    parser.add_argument(
-        "--kwargs", metavar="JSON", help="keyword arguments for the preset, e.g. '{\"out_channels\": 3}'"
-    )
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="input size without batch: channels then spatial sizes (default: in_channels and "
-        "256x256 in 2D, 96^3 in 3D)",
-    )
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the input (default 1)")
-
-
 def network_from_args(args: argparse.Namespace) -> nn.Module:
     """Build the network that ``--preset`` and ``--kwargs`` name."""
     return create_network(args.preset, **_json_kwargs(args.kwargs))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``attnunet summary``."""
-    add_network_arguments(parser, preset_default="attention_unet_2d")
-    parser.add_argument("--max-depth", type=int, default=4, help="levels of nested modules shown (default 4)")
 
 
 def run(args: argparse.Namespace) -> int:

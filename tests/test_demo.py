@@ -55,6 +55,8 @@ def test_demo_command_end_to_end(demo_dataset, tmp_path, monkeypatch, capsys):
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
     assert (output / "mlartifacts").is_dir()
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/report.html", "evaluation/metrics.csv", "evaluation/report_files"} <= logged
 
     # A second demo into the same folder refuses, and leaves the first one as it was.
     assert main(args) == 2

@@ -2,7 +2,10 @@
 
 Each runs with nbclient in the ``python3`` kernel (ipykernel in this venv), in a temporary working
 directory (nothing is written into the repository; the committed ``.ipynb`` files are not modified) and
-without ``MLFLOW_TRACKING_URI``, so the tracking notebook uses a sqlite store in that directory.
+without ``MLFLOW_TRACKING_URI``, so the tracking notebook uses a sqlite store of its own. Each runs twice
+in the same kernel and folder, as "Run All" pressed again does: each notebook writes everything under its
+own ``notebook-work/<notebook>/`` folder, whose first cell clears what a rerun would collide with, so the
+second run shows the same outputs and nothing else appears beside that folder.
 ``OMP_NUM_THREADS=1`` keeps the kernel's tiny CPU training from oversubscribing the cores, and
 ``ATTNUNET_NOTEBOOK_EPOCHS`` cuts the training notebooks to a few epochs: what is checked is that every
 cell runs and draws, not how well the model learns.
@@ -51,21 +54,28 @@ def test_every_notebook_is_tested():
 @pytest.mark.long
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs(name, tmp_path):
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["OMP_NUM_THREADS"] = "1"
     env["ATTNUNET_NOTEBOOK_EPOCHS"] = "3"
+    expected_figures, expected_text = EXPECTED[name]
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    client.execute(env=env)  # raises CellExecutionError (with the cell and traceback) if a cell fails
-    figures, text = _outputs(notebook)
-    expected_figures, expected_text = EXPECTED[name]
-    assert figures == expected_figures
-    for line in expected_text:
-        assert line in text, f"{name}: expected {line!r} in its outputs"
-    # what the notebooks write stays in their working directory
-    assert any(tmp_path.iterdir())
+    with client.setup_kernel(env=env):
+        # Run All twice in the same kernel, as users do: the second finds the first one's files and state
+        for run in ("first", "second"):
+            for index, cell in enumerate(notebook.cells):
+                client.execute_cell(cell, index)  # raises CellExecutionError with the cell and traceback
+            figures, text = _outputs(notebook)
+            assert figures == expected_figures, f"{name}, {run} run: {figures} figures"
+            for line in expected_text:
+                assert line in text, f"{name}, {run} run: expected {line!r} in its outputs"
+    # everything the notebook writes is under its own folder, and nothing beside it
+    work = tmp_path / "notebook-work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notebook-work"]
+    assert sorted(p.name for p in work.iterdir()) == [name.removesuffix(".ipynb")]
+    assert any((work / name.removesuffix(".ipynb")).iterdir())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -12,8 +12,7 @@ __all__ = ["NETWORK_OPTIONS", "OPTIONS", "SUMMARY_OPTIONS", "add_arguments", "ne
 
 
 def network_options(preset_default: str | None) -> tuple[Option, ...]:
-    """The options that name a network preset and an input, shared with ``attnunet export``
-    (:func:`attnunet.summary.add_network_arguments` builds the same ones, checked equal by a test)."""
+    """The options that name a network preset and an input, shared with ``attnunet export``."""
     return (
         Option(
             "preset",

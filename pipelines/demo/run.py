@@ -9,8 +9,8 @@
    inference (:func:`attnunet.pipelines.inference.predict.infer`) and writes NIfTI predictions;
 4. scores them against ``labelsTs`` (:func:`attnunet.pipelines.evaluation.metrics.evaluate`), writes the
    results page ``evaluation/report.html`` (``attnunet view OUTPUT/evaluation`` serves it) and an
-   overlay PNG, and prints the Dice per class and where everything is. The page is not logged to MLflow:
-   the training run has ended by then.
+   overlay PNG, and prints the Dice per class and where everything is. The evaluation folder, page
+   included, is then uploaded to the training run's artifacts (``evaluation/``).
 
 Without ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` the demo keeps its MLflow store inside the
 output folder (``OUTPUT/mlflow.db``, artifacts in ``OUTPUT/mlartifacts``), so one folder holds the
@@ -36,6 +36,7 @@ from attnunet.pipelines.engines.training import TrainConfig, TrainResult, train
 from attnunet.pipelines.evaluation.metrics import evaluate
 from attnunet.pipelines.evaluation.overlays import save_overlay
 from attnunet.pipelines.inference.predict import infer
+from attnunet.pipelines.tracking.mlflow_runs import log_folder_to_run
 
 __all__ = ["DemoResult", "format_settings", "run_demo"]
 
@@ -167,6 +168,8 @@ def run_demo(
     result = train(config)
     predictions, overlay, summary = _segment_held_out(images, labels, output, result, device, progress)
     report = Path(summary["files"]["report"]) if summary is not None else None
+    if report is not None and result.run_id is not None:
+        log_folder_to_run(result.tracking_uri, result.run_id, report.parent, "evaluation")
     return DemoResult(output, data, result, predictions, overlay, summary, report)
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "check_tracking_server",
     "experiment_id_for",
     "flatten_params",
+    "log_folder_to_run",
     "resolve_tracking_uri",
     "what_failed",
 ]
@@ -410,3 +411,21 @@ def what_failed(error: BaseException) -> str:
 
 def _shown(value: float | None) -> str:
     return "none logged" if value is None else f"{value:.4f}"
+
+
+def log_folder_to_run(
+    tracking_uri: str | None, run_id: str, folder: str | os.PathLike, artifact_path: str
+) -> bool:
+    """Upload ``folder`` into the artifacts of run ``run_id`` (ended or not) under ``artifact_path``; a store
+    that fails is warned about (the folder stays on disk). Returns whether it was sent."""
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        with bounded_requests(), tracking_uri_set_to(uri):
+            MlflowClient(uri).log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+    except STORE_ERRORS as error:
+        logger.warning(
+            "MLflow tracking store %s failed while uploading %s to run %s (%s); it stays on disk",
+            uri, folder, run_id, what_failed(error),
+        )  # fmt: skip
+        return False
+    return True
