@@ -146,6 +146,20 @@ def test_scoring_prints_no_monai_deprecation_noise(cases, tmp_path):
     assert not [w for w in caught if "always_return_as_numpy" in str(w.message)]
 
 
+def test_a_class_missing_from_a_prediction_is_nan_without_a_warning_per_case(tmp_path):
+    label = _label()
+    _save(tmp_path / "labels" / "case.nii.gz", label)
+    _save(tmp_path / "predictions" / "case.nii.gz", np.where(label == 2, 1, label))  # no lesion predicted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(
+            tmp_path / "predictions", tmp_path / "labels", output_dir=tmp_path / "eval", class_names=CLASSES
+        )
+    assert not [w for w in caught if "nan/inf distance" in str(w.message)]
+    row = _rows(tmp_path / "eval" / "metrics.csv")["case"]
+    assert float(row["dice_lesion"]) == 0.0 and np.isnan(float(row["hd95_lesion"]))
+
+
 def test_class_names_default_to_label_values(cases, tmp_path):
     labels, predictions, *_ = cases
     summary = evaluate(predictions, labels, output_dir=tmp_path / "eval")

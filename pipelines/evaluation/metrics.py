@@ -260,6 +260,9 @@ class _Scorer:
             # MONAI's own surface-distance code passes an argument it has deprecated (FutureWarning on
             # every case since MONAI 1.5); nothing a user of these metrics can change.
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            # a class absent from the prediction: its distances are NaN in metrics.csv, and the summary's n
+            # counts the cases that have one; MONAI's warning, once per case and class, says no more
+            warnings.filterwarnings("ignore", message=".*is all 0, this may result in nan/inf distance")
             scores = {
                 "dice": self.dice(y_pred, y)[0],
                 "hd95": self.hd95(y_pred, y, spacing=spacing)[0],
