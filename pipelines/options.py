@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from attnunet.cli import key_values
 
 __all__ = [
     "SAME",
@@ -21,6 +24,7 @@ __all__ = [
     "config_overrides",
     "declared_defaults",
     "field_options",
+    "key_value_declaration",
     "option",
     "readme_rows",
 ]
@@ -89,6 +93,18 @@ class Option:
     def with_(self, **changes: Any) -> Option:
         """A copy with ``changes`` (e.g. ``cli_default=None`` for a planned training option)."""
         return dataclasses.replace(self, **changes)
+
+
+def key_value_declaration(flag: str) -> dict[str, Any]:
+    """The declaration of a repeated ``FLAG KEY=VALUE`` option gathered into one dict (VALUE read as JSON when
+    it parses): pass it on as ``Option(key, help, {}, **key_value_declaration("--set"))``."""
+    return {
+        "flag": flag,
+        "action": "append",
+        "metavar": "KEY=VALUE",
+        "cli_default": [],
+        "parse": functools.partial(key_values, option=flag),
+    }
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **declaration: Any) -> Any:

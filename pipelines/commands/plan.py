@@ -5,10 +5,8 @@ the planner (numpy, torch, the readers) is imported by :func:`run` only."""
 from __future__ import annotations
 
 import argparse
-import functools
 
-from attnunet.cli import key_values
-from attnunet.pipelines.options import Option, add_options, config_overrides
+from attnunet.pipelines.options import Option, add_options, config_overrides, key_value_declaration
 from attnunet.pipelines.planning.fields import PLAN_FIELDS
 
 __all__ = ["OPTIONS", "PLAN_OPTIONS", "add_arguments", "run"]
@@ -23,11 +21,7 @@ PLAN_OPTIONS: tuple[Option, ...] = (
         f"override a field ({', '.join(PLAN_FIELDS)}), e.g. roi_size=[64,64,32]; repeatable "
         "(default: none, every field planned)",
         {},
-        flag="--set",
-        action="append",
-        metavar="KEY=VALUE",
-        cli_default=[],
-        parse=functools.partial(key_values, option="--set"),
+        **key_value_declaration("--set"),
     ),
     Option("sample_cases", "cases decoded for voxel statistics (default: %(default)s)", 20, type=int),
     Option(

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnunet.cli import key_values
 from attnunet.defaults import OVERLAP, SW_BATCH_SIZE
 from attnunet.pipelines.flags import flag
-from attnunet.pipelines.options import Option, field_options, option
+from attnunet.pipelines.options import Option, field_options, key_value_declaration, option
 from attnunet.pipelines.planning.fields import TRAIN_FIELDS
 
 if TYPE_CHECKING:
@@ -157,21 +155,13 @@ class TrainConfig:
         {},
         "network argument; VALUE is JSON when it parses (init_features=16, attention_levels=[2,3]), "
         "else a word (norm=instance); repeat for more (default: the plan's widths)",
-        flag="--network-option",
-        action="append",
-        metavar="KEY=VALUE",
-        cli_default=[],
-        parse=functools.partial(key_values, option="--network-option"),
+        **key_value_declaration("--network-option"),
         item="KEY",
     )
     preset_kwargs: dict[str, Any] = option(
         {},
         "preset argument, same syntax, e.g. a_min=-200 (default: the plan's CT window)",
-        flag="--preset-option",
-        action="append",
-        metavar="KEY=VALUE",
-        cli_default=[],
-        parse=functools.partial(key_values, option="--preset-option"),
+        **key_value_declaration("--preset-option"),
         item="KEY",
     )
     out_channels: int | None = option(
