@@ -83,7 +83,7 @@ def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
 def test_3d_train_chain_order(preset, expected):
     chain = names(build_transforms(preset, "train", pixdim=(1.5, 1.5, 3.0), num_classes=3))
     assert [n for n in chain if n in expected] == expected
-    assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandShiftIntensityd" in chain
+    assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandAffined" in chain
 
 
 @pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])

@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from attnunet.defaults import ANISOTROPY_RATIO
 from attnunet.pipelines.data.datasets import DatasetIndex
 from attnunet.pipelines.planning.fingerprint import declared_preset
 
@@ -63,7 +64,6 @@ __all__ = [
     "target_spacing",
 ]
 
-ANISOTROPY_RATIO = 3.0  # nnU-Net's threshold for treating the coarsest axis separately
 MIN_BOTTOM_VOXELS = 4  # the coarsest feature map keeps at least this many voxels per axis
 MAX_DEPTH = 5
 DATASET_SHARE_PER_BATCH = 0.05  # nnU-Net: one batch covers at most 5% of the dataset's voxels
