@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_ARTIFACT",
     "REGISTRY_SCHEMES",
     "SAFE_TARGETS",
+    "download_model_files",
     "fold_checkpoints",
     "is_cv_folder",
     "load_model",
@@ -250,6 +251,43 @@ def _bundle_spec(folder: Path, config: Mapping[str, Any], definition: Mapping[st
         },
         source=f"bundle {folder}",
     )
+
+
+def download_model_files(
+    model_uri: str, artifact_path: str, dst_path: str | os.PathLike, tracking_uri: str | None = None
+) -> Path:
+    """Download a file or folder of a logged or registered MLflow model's own files (``MLmodel``,
+    ``artifacts``) from the given store; the path it was written to.
+
+    MLflow's ``models:/`` download resolves the name against the process-wide registry, so the model's
+    location is looked up here with a client of this store, as :func:`load_model` looks up its run.
+
+    Raises:
+        ValueError: the URI names no model in the store (one line naming both).
+    """
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    from attnunet.mlflow_store import check_store_exists, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_store_exists(tracking_uri, model_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        found = get_model_name_and_version(client, model_uri)
+        location = (
+            client.get_logged_model(found[0]).artifact_location
+            if len(found) == 1
+            else client.get_model_version_download_uri(*found)
+        )
+        local = download_artifacts(
+            f"{location.rstrip('/')}/{artifact_path}", dst_path=str(dst_path), tracking_uri=tracking_uri
+        )
+    except MlflowException as error:
+        raise ValueError(f"model {model_uri} cannot be read from {tracking_uri}: {error.message}") from None
+    return Path(local)
 
 
 def _load_registered(

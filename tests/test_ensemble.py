@@ -233,3 +233,11 @@ def test_the_logged_ensemble_predicts_as_infer(folds, tmp_path, monkeypatch):
     )
     assert ndimage.label(np.asarray(served.dataobj) == 1, np.ones((3, 3, 3)))[1] == 1
     assert ndimage.label(plain == 1, np.ones((3, 3, 3)))[1] > 1
+    # attnunet infer takes the registered ensemble as it takes the folder: members and post-processing
+    assert main(["infer", str(scan), "--model", uri, "--output", str(tmp_path / "reg"), "--no-progress",
+                 "--sw-device", "cpu", "--device", "cpu"]) == 0  # fmt: skip
+    registered = nib.load(next((tmp_path / "reg").glob("*.nii.gz")))
+    np.testing.assert_array_equal(np.asarray(registered.dataobj), np.asarray(expected.dataobj))
+    ensemble, _ = load_ensemble(uri)
+    assert len(ensemble.names) == 2 and ensemble.names[0].startswith(uri)
+    assert ensemble.largest_component == (1,)

@@ -83,7 +83,57 @@ def test_every_chain_starts_by_loading_channel_first(preset, mode, keys):
 def test_3d_train_chain_order(preset, expected):
     chain = names(build_transforms(preset, "train", pixdim=(1.5, 1.5, 3.0), num_classes=3))
     assert [n for n in chain if n in expected] == expected
-    assert chain.count("RandFlipd") == 3 and "RandScaleIntensityd" in chain and "RandAffined" in chain
+    assert chain.count("RandFlipd") == 3 and "RandAffined" in chain
+    # nnU-Net's intensity augmentations: noise, blur, brightness, contrast, gamma (inverted and not)
+    intensity = [
+        "RandGaussianNoised",
+        "RandGaussianSmoothd",
+        "RandScaleIntensityd",
+        "RandScaleIntensityFixedMeand",
+    ]
+    assert all(name in chain for name in intensity) and chain.count("RandAdjustContrastd") == 2
+
+
+def _striped_case(folder: Path, spacing: tuple[float, float, float]) -> dict[str, str]:
+    """A 48 x 48 x 12 scan whose label is class 1 on even slices (last axis) and class 2 on odd ones."""
+    rng = np.random.default_rng(0)
+    label = np.broadcast_to(np.arange(12) % 2 + 1, (48, 48, 12)).astype(np.uint8)
+    case = {}
+    for key, volume in (("image", rng.uniform(50, 150, (48, 48, 12)).astype(np.float32)), ("label", label)):
+        case[key] = str(folder / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, np.diag([*spacing, 1.0])), case[key])
+    return case
+
+
+def _slices_mixing_classes(samples: list[dict]) -> int:
+    labels = [sample["label"][0] for sample in samples]
+    return sum(
+        len(set(torch.unique(label[..., z]).tolist()) - {0.0}) > 1
+        for label in labels
+        for z in range(label.shape[-1])
+    )
+
+
+@pytest.mark.parametrize(
+    "spacing, roi_size",
+    [((1.0, 1.0, 5.0), (16, 16, 4)), ((1.0, 1.0, 1.0), (16, 16, 1))],
+    ids=["thick slices", "one-slice patches"],
+)
+def test_thick_slices_and_one_slice_patches_are_augmented_in_plane_only(tmp_path, spacing, roi_size):
+    """Rotated and scaled in-plane only: a patch's slice never takes voxels of the slices beside it (its
+    label keeps one class per slice), though rotation does happen (the corners it brings in are 0)."""
+    chain = mr_transforms("train", pixdim=spacing, roi_size=roi_size, num_samples=60, num_classes=3)
+    samples = chain.set_random_state(seed=0)(_striped_case(tmp_path, spacing))
+    assert _slices_mixing_classes(samples) == 0
+    assert any((sample["label"] == 0).any() for sample in samples)
+
+
+def test_near_isotropic_patches_are_rotated_about_every_axis(tmp_path):
+    chain = mr_transforms(
+        "train", pixdim=(1.0, 1.0, 1.0), roi_size=(16, 16, 4), num_samples=60, num_classes=3
+    )
+    samples = chain.set_random_state(seed=0)(_striped_case(tmp_path, (1.0, 1.0, 1.0)))
+    assert _slices_mixing_classes(samples) > 0  # tilted out of plane: a slice of the patch crosses stripes
 
 
 @pytest.mark.parametrize("preset", ["ct", "mr", "image2d"])

@@ -152,10 +152,12 @@ def _augmentations(keys: Sequence[str], in_plane: Sequence[int], flip_axes: Sequ
     half turn would swap them as a flip does. Scaling is per axis in MONAI (nnU-Net scales all axes alike).
     """
     spread = [1.0 if axis in in_plane else 0.0 for axis in range(3)]
+    # MONAI's angles are about each axis: in-plane turns are about the one axis that is not in the plane
+    about = [1.0] * 3 if len(in_plane) == 3 else [1.0 - on for on in spread]
     sigma = {f"sigma_{name}": (0.5 * on, 1.0 * on) for name, on in zip("xyz", spread, strict=True)}
     return [
         RandAffined(
-            keys, prob=0.3, rotate_range=[math.pi / 6 * on for on in spread],
+            keys, prob=0.3, rotate_range=[math.pi / 6 * on for on in about],
             scale_range=[0.3 * on for on in spread], mode=("bilinear", "nearest")[: len(keys)],
             padding_mode="zeros",
         ),

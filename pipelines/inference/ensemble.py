@@ -6,14 +6,16 @@ network: the scan is read and preprocessed once (the members share preset and sp
 probabilities are stitched with its own flips and averaged, then inverted and turned into labels as one
 model's are. :func:`load_ensemble` builds it from model sources, a cross-validation folder standing for
 its folds' best checkpoints and bringing the post-processing the cross-validation chose
-(``postprocessing.json``).
+(``postprocessing.json``), a logged ensemble (``models:/NAME@ALIAS``) for the members and post-processing it
+keeps.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,23 +24,28 @@ import torch
 from torch import nn
 
 from attnunet.cv_layout import POSTPROCESSING_FILE
-from attnunet.models import fold_checkpoints, is_cv_folder, load_model
+from attnunet.models import download_model_files, fold_checkpoints, is_cv_folder, load_model
 from attnunet.spec import ModelSpec
 
 __all__ = [
+    "ENSEMBLE_METADATA",
     "Ensemble",
     "ModelSource",
     "build_ensemble",
     "check_members",
     "label_values",
     "load_ensemble",
+    "logged_members",
     "member_sources",
     "postprocessing",
 ]
 
-# Written by the cross-validation beside its folds: {"largest_component": [class indices]}.
-
 ModelSource = str | os.PathLike
+
+
+# The key of a logged ensemble's MLmodel metadata: {"members": [artifact keys], "names": [...],
+# "largest_component": [...]}; the members' checkpoints are the pyfunc's artifacts of those keys.
+ENSEMBLE_METADATA = "attnunet_ensemble"
 
 
 def _preprocessing_options(spec: ModelSpec) -> dict[str, Any]:
@@ -121,11 +128,54 @@ class Ensemble:
         return self.specs[0]
 
 
+@dataclass(frozen=True)
+class _Members:
+    """What one model source stands for: its member models (paths or URIs), their names for messages,
+    and the classes it keeps the largest component of (None: it chose none)."""
+
+    sources: tuple[str, ...]
+    names: tuple[str, ...]
+    largest_component: tuple[int, ...] | None
+
+
 def member_sources(source: ModelSource) -> list[str]:
     """The models ``source`` stands for: a cross-validation folder's fold checkpoints, else itself."""
     if is_cv_folder(source):
         return [str(path) for path in fold_checkpoints(source)]
     return [os.fspath(source)]
+
+
+def logged_members(described: Mapping[str, Any], artifacts: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """A logged ensemble's member checkpoints (from its pyfunc's ``artifacts``: key -> local path) and names,
+    as its metadata (:data:`ENSEMBLE_METADATA`) describes them."""
+    return [artifacts[key] for key in described["members"]], list(described["names"])
+
+
+def _registered_ensemble(uri: str, folder: Path, tracking_uri: str | None) -> _Members | None:
+    """A logged ensemble's members, downloaded under ``folder``; None for a model that is not one."""
+    from mlflow.models import Model  # MLflow only when a registry model is asked for
+
+    mlmodel = Model.load(download_model_files(uri, "MLmodel", folder, tracking_uri))
+    described = (mlmodel.metadata or {}).get(ENSEMBLE_METADATA)
+    if described is None:
+        return None
+    files = download_model_files(uri, "artifacts", folder, tracking_uri).parent
+    stored = mlmodel.flavors["python_function"]["artifacts"]
+    paths, names = logged_members(
+        described, {key: str(files / entry["path"]) for key, entry in stored.items()}
+    )
+    return _Members(
+        tuple(paths), tuple(f"{uri} ({name})" for name in names), tuple(described["largest_component"])
+    )
+
+
+def _members(source: ModelSource, folder: Path, tracking_uri: str | None) -> _Members:
+    if str(source).startswith("models:/") and (
+        logged := _registered_ensemble(str(source), folder, tracking_uri)
+    ):
+        return logged
+    sources = tuple(member_sources(source))
+    return _Members(sources, sources, postprocessing(source))
 
 
 def postprocessing(source: ModelSource) -> tuple[int, ...] | None:
@@ -163,7 +213,8 @@ def build_ensemble(
     tracking_uri: str | None = None,
 ) -> Ensemble:
     """The ensemble of ``sources`` (one model too), each loaded by :func:`attnunet.load_model`; a
-    cross-validation folder gives all its folds and the classes its ``postprocessing.json`` keeps.
+    cross-validation folder gives all its folds and the classes its ``postprocessing.json`` keeps, a logged
+    ensemble (``models:/``) its members and post-processing.
 
     Raises:
         ValueError: members that disagree (:func:`check_members`); a bad ``postprocessing.json``; a
@@ -171,13 +222,15 @@ def build_ensemble(
         FileNotFoundError: a model, or a fold's checkpoint, does not exist.
     """
     given = _given(sources)
-    members = [member for source in given for member in member_sources(source)]
-    chosen = [classes for source in given if (classes := postprocessing(source)) is not None]
-    loaded = [load_model(member, device=device, tracking_uri=tracking_uri) for member in members]
+    with tempfile.TemporaryDirectory() as folder:  # a logged ensemble's members, while they load
+        expanded = [_members(source, Path(folder) / str(i), tracking_uri) for i, source in enumerate(given)]
+        members = [member for each in expanded for member in each.sources]
+        loaded = [load_model(member, device=device, tracking_uri=tracking_uri) for member in members]
+    chosen = [each.largest_component for each in expanded if each.largest_component is not None]
     return Ensemble(
         networks=tuple(network for network, _ in loaded),
         specs=tuple(spec for _, spec in loaded),
-        names=tuple(members),
+        names=tuple(name for each in expanded for name in each.names),
         # several cross-validation folders: each one's choice holds for its classes
         largest_component=tuple(index for classes in chosen for index in classes),
     )
@@ -192,19 +245,21 @@ def load_ensemble(
     """One model, or the ensemble of several, with the spec :func:`apply_model` takes.
 
     Args:
-        sources: a checkpoint, bundle folder, ``models:/NAME@ALIAS`` or cross-validation folder (all its
-            folds), or several of these; each model is loaded by :func:`attnunet.load_model`.
+        sources: a checkpoint, bundle folder, ``models:/NAME@ALIAS`` (a logged ensemble too) or
+            cross-validation folder (all its folds), or several of these; each model is loaded by
+            :func:`attnunet.load_model`.
         device, tracking_uri: as :func:`attnunet.load_model`.
 
     Returns:
-        ``(network, spec)`` for one plain model; ``(ensemble, ensemble.spec)`` for several, or for a
-        cross-validation folder (whose ``postprocessing.json`` classes the ensemble keeps).
+        ``(network, spec)`` for one plain model; ``(ensemble, ensemble.spec)`` for several, for a
+        cross-validation folder (whose ``postprocessing.json`` classes the ensemble keeps) or a logged
+        ensemble.
 
     Raises:
         as :func:`build_ensemble`.
     """
     given = _given(sources)
-    if len(given) == 1 and not is_cv_folder(given[0]):  # one plain model is applied as it always was
-        return load_model(given[0], device=device, tracking_uri=tracking_uri)
     ensemble = build_ensemble(given, device=device, tracking_uri=tracking_uri)
+    if ensemble.names == (os.fspath(given[0]),):  # one plain model is applied as it always was
+        return ensemble.networks[0], ensemble.spec
     return ensemble, ensemble.spec

@@ -61,7 +61,7 @@ from torch import nn
 from attnunet.checkpoints import model_from_checkpoint, save_checkpoint
 from attnunet.models import CHECKPOINT_ARTIFACT
 from attnunet.pipelines.inference.apply import class_names
-from attnunet.pipelines.inference.ensemble import ModelSource, build_ensemble
+from attnunet.pipelines.inference.ensemble import ENSEMBLE_METADATA, ModelSource, build_ensemble
 from attnunet.pipelines.inference.serving import CHECKPOINT_KEY, ENSEMBLE_KEY, IMAGE_COLUMN
 from attnunet.spec import ModelSpec
 
@@ -163,7 +163,7 @@ def log_ensemble_model(
         for key, network, spec in zip(keys, ensemble.networks, ensemble.specs, strict=True):
             state = {"spec": spec.to_dict(), "model": network.state_dict()}
             artifacts[key] = str(save_checkpoint(Path(folder) / f"{key}.pt", state))
-        metadata = {"attnunet_ensemble": described}
+        metadata = {ENSEMBLE_METADATA: described}
         return _log(mlflow.pyfunc, ensemble.spec, artifacts, metadata, register, alias, place_alias)
 
 

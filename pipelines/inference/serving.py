@@ -33,7 +33,7 @@ from torch import nn
 from attnunet.models import load_model
 from attnunet.pipelines.inference.apply import Windows, apply_model, class_names, volumes_ml, write_nifti
 from attnunet.pipelines.inference.devices import choose_devices
-from attnunet.pipelines.inference.ensemble import Ensemble
+from attnunet.pipelines.inference.ensemble import Ensemble, logged_members
 from attnunet.pipelines.inference.payload import DEFAULT_MAX_SCAN_MB, decode_scan, encode_file
 from attnunet.spec import ModelSpec
 from attnunet.transforms.dicom_seg import write_dicom_seg
@@ -119,11 +119,12 @@ def load_artifacts(artifacts: dict[str, str]) -> tuple[nn.Module | Ensemble, Mod
     if CHECKPOINT_KEY in artifacts:
         return load_model(artifacts[CHECKPOINT_KEY])
     described = json.loads(Path(artifacts[ENSEMBLE_KEY]).read_text())
-    loaded = [load_model(artifacts[key]) for key in described["members"]]
+    paths, names = logged_members(described, artifacts)
+    loaded = [load_model(path) for path in paths]
     ensemble = Ensemble(
         networks=tuple(network for network, _ in loaded),
         specs=tuple(spec for _, spec in loaded),
-        names=tuple(described["names"]),
+        names=tuple(names),
         largest_component=tuple(described["largest_component"]),
     )
     return ensemble, ensemble.spec
