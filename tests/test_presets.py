@@ -125,7 +125,10 @@ def test_thick_slices_and_one_slice_patches_are_augmented_in_plane_only(tmp_path
     chain = mr_transforms("train", pixdim=spacing, roi_size=roi_size, num_samples=60, num_classes=3)
     samples = chain.set_random_state(seed=0)(_striped_case(tmp_path, spacing))
     assert _slices_mixing_classes(samples) == 0
-    assert any((sample["label"] == 0).any() for sample in samples)
+    padded = [float((sample["label"] == 0).float().mean()) for sample in samples]
+    # turned in-plane: some corners come in (rotation happened), a small share on average; a tilt out of
+    # the plane would sample beyond a one-slice patch and bring in mostly zeros
+    assert max(padded) > 0 and np.mean(padded) < 0.1
 
 
 def test_near_isotropic_patches_are_rotated_about_every_axis(tmp_path):
